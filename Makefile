@@ -1,0 +1,39 @@
+# Two commands for a new user: `make demo` and `make test`. Setup is idempotent: the venv is
+# rebuilt only when pyproject.toml or constraints.txt change.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PLASTER_HOME ?= $(CURDIR)/.plaster
+export MLFLOW_DISABLE_TELEMETRY := true
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup demo test test-unit test-integration bench clean-home
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/plaster simulate pipelines/digits --shards 4
+	$(BIN)/plaster run pipelines/digits
+	$(BIN)/plaster simulate pipelines/digits --shards 4
+	$(BIN)/plaster run pipelines/digits
+	$(BIN)/plaster status pipelines/digits
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+test-unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+bench: setup
+	$(BIN)/python benchmarks/cycle_time.py
+
+clean-home:
+	rm -rf $(PLASTER_HOME)

@@ -1,0 +1,82 @@
+"""The `plaster` command: parse, call orchestrator.api, print. Heavy libraries (torch,
+ray, mlflow) load only inside commands that need them, so --help answers at once."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from orchestrator.errors import PlasterError
+
+app = typer.Typer(help="plaster: new data to a promoted model, measured.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+
+def _guard(fn):
+    try:
+        return fn()
+    except PlasterError as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(e.exit_code)
+
+
+@app.command()
+def run(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.yaml + model.py)"),
+        resume: bool = typer.Option(False, "--resume", help="continue the last unfinished cycle"),
+        wait: bool = typer.Option(False, "--wait", help="queue behind a running cycle instead of refusing"),
+        trigger: str = typer.Option("manual", help="recorded as what started this cycle")):
+    """One cycle: ingest → train → export → build → validate → promote."""
+    from orchestrator import api, render
+
+    logging.basicConfig(level=logging.WARNING)
+    with console.status("starting…") as spinner:
+        def say(msg: str) -> None:
+            if msg.endswith("…"):
+                spinner.update(msg)
+            else:
+                console.print(msg)
+
+        rec = _guard(lambda: api.run_cycle(pipeline, resume=resume, wait=wait, trigger=trigger, say=say))
+    render.outcome(console, rec)
+
+
+@app.command()
+def status(pipeline: Path, as_json: bool = typer.Option(False, "--json"), last: int = 10):
+    """Champion, last cycles, their decisions and timings."""
+    from orchestrator import api, render
+
+    st = _guard(lambda: api.status(pipeline, last=last))
+    if as_json:
+        print(json.dumps(st, indent=2, default=str))
+    else:
+        render.status(console, st)
+
+
+@app.command()
+def simulate(pipeline: Path, shards: int = typer.Option(4, help="how many shards to append"),
+             shuffle_labels: bool = typer.Option(False, help="write deliberately bad labels (for demos of REJECT)")):
+    """Append the next shards of a reference pipeline's data stream."""
+    from orchestrator import api
+
+    paths = _guard(lambda: api.simulate(pipeline, shards, shuffle_labels))
+    console.print(f"wrote {len(paths)} shard(s): " + ", ".join(p.name for p in paths))
+
+
+@app.command("validate-config")
+def validate_config(pipeline: Path):
+    """Check pipeline.yaml and model.py; report every error at once."""
+    from orchestrator.config import load_pipeline
+
+    p = _guard(lambda: load_pipeline(pipeline))
+    console.print(f"[green]ok[/] {p.name}: source {p.config.data.source}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    app(argv)

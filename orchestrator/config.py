@@ -1,0 +1,212 @@
+"""The pipeline definition: pipeline.yaml validated up front, plus its model.py.
+
+Every error is reported at once, each naming the key to fix. This module never touches
+data, Ray or MLflow; it only reads the two files a user writes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.errors import ConfigError
+
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class _Strict(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeaturesConfig(_Strict):
+    column: str = "features"
+    shape: tuple[int, ...] = Field(description="shape of one example, e.g. [1, 8, 8]")
+    dtype: Literal["float32"] = "float32"
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(d <= 0 for d in v):
+            raise ValueError("every dimension must be a positive integer, e.g. [1, 8, 8]")
+        return v
+
+
+class LabelConfig(_Strict):
+    column: str = "label"
+    num_classes: int = Field(ge=2)
+
+
+class DataConfig(_Strict):
+    source: str = Field(description="folder of Parquet shards; ${PLASTER_HOME} and env vars expand")
+    golden: str | None = Field(None, description="Parquet file: fixed holdout of the original distribution")
+    features: FeaturesConfig
+    label: LabelConfig
+
+
+class IngestConfig(_Strict):
+    min_new_rows: int = Field(200, ge=1)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    replay_fraction: float = Field(0.5, ge=0)
+    seed: int = 0
+
+
+class TrainConfig(_Strict):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool | Literal["auto"] = "auto"
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warm_start: bool = True
+    seed: int = 0
+
+
+class ExportConfig(_Strict):
+    opset: int | None = None
+    parity_atol: float = Field(1e-4, gt=0)
+
+
+class BuildConfig(_Strict):
+    precisions: tuple[Precision, ...] = ("fp32", "fp16", "int8")
+    backends: tuple[Literal["onnxruntime", "tensorrt"], ...] = ("onnxruntime", "tensorrt")
+    calibration_samples: int = Field(256, ge=8)
+    max_batch: int = Field(256, ge=1)
+
+    @field_validator("precisions")
+    @classmethod
+    def _fp32_first(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if "fp32" not in v:
+            raise ValueError("must include fp32: other precisions are judged against it")
+        return v
+
+
+class ValidateConfig(_Strict):
+    latency_batch: int = Field(1, ge=1)
+    throughput_batch: int = Field(64, ge=1)
+    rounds: int = Field(30, ge=3, description="interleaved A/B rounds per engine")
+    max_precision_drop: float = Field(0.01, ge=0, description="accuracy a lower precision may lose vs FP32")
+
+
+class GateConfig(_Strict):
+    accuracy_min: dict[str, float] = Field(default_factory=lambda: {"golden": 0.8, "new": 0.8})
+    accuracy_vs_champion: dict[str, float] = Field(
+        default_factory=lambda: {"golden": -0.02, "new": 0.0},
+        description="candidate minus champion accuracy must be >= this, per slice",
+    )
+    latency_p99_ms_max: float | None = 10.0
+    latency_p50_ratio_max: float | None = 1.5
+
+    @model_validator(mode="after")
+    def _slices(self) -> "GateConfig":
+        for key in ("accuracy_min", "accuracy_vs_champion"):
+            for slice_name in getattr(self, key):
+                if slice_name not in ("golden", "new"):
+                    raise ValueError(f"{key}: unknown slice {slice_name!r}; use 'golden' or 'new'")
+        return self
+
+
+class PipelineConfig(_Strict):
+    name: str
+    description: str = ""
+    data: DataConfig
+    ingest: IngestConfig = IngestConfig()
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+    build: BuildConfig = BuildConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    gate: GateConfig = GateConfig()
+    promotion: Literal["auto", "manual"] = "auto"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("use letters, digits, '.', '_' or '-' (it names the registered model)")
+        return v
+
+
+class Pipeline:
+    """A loaded pipeline folder: its validated config and its model factory."""
+
+    def __init__(self, folder: Path, config: PipelineConfig):
+        self.folder = folder
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def model_file(self) -> Path:
+        return self.folder / "model.py"
+
+    @property
+    def source(self) -> Path:
+        return Path(_expand(self.config.data.source, "data.source"))
+
+    @property
+    def golden(self) -> Path | None:
+        g = self.config.data.golden
+        return Path(_expand(g, "data.golden")) if g else None
+
+    def module(self, filename: str = "model.py") -> ModuleType:
+        return load_module(self.folder / filename)
+
+
+def _expand(value: str, key: str) -> str:
+    out = os.path.expanduser(os.path.expandvars(value))
+    if "$" in out:
+        raise ConfigError(f"{key}: {value!r} names an environment variable that is not set; set it or write the path out")
+    return out
+
+
+def load_module(path: Path) -> ModuleType:
+    """Import a pipeline's python file by path (workers call this too)."""
+    spec = importlib.util.spec_from_file_location(f"plaster_pipeline_{abs(hash(str(path)))}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot import {path}: it must be a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _format(err: ValidationError, yaml_path: Path) -> str:
+    lines = [f"{yaml_path}: {err.error_count()} error(s); fix these keys:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key (check the spelling against the README's pipeline format)" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  - {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_pipeline(folder: str | Path) -> Pipeline:
+    """Read and validate `<folder>/pipeline.yaml` and check `<folder>/model.py` exists.
+
+    Raises:
+        ConfigError: listing every invalid key at once.
+    """
+    folder = Path(folder)
+    yaml_path = folder / "pipeline.yaml"
+    if not yaml_path.is_file():
+        raise ConfigError(f"{yaml_path} not found: a pipeline is a folder with pipeline.yaml and model.py")
+    try:
+        raw = yaml.safe_load(yaml_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{yaml_path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{yaml_path}: the top level must be a mapping of keys (name, data, train, ...)")
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format(e, yaml_path)) from None
+    pipeline = Pipeline(folder.resolve(), config)
+    if not pipeline.model_file.is_file():
+        raise ConfigError(f"{pipeline.model_file} not found: define build_model() -> torch.nn.Module there")
+    return pipeline

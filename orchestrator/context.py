@@ -1,0 +1,65 @@
+"""What every stage receives besides its input artifacts: where to write, the pipeline,
+the registry interface, and a way to say what it is doing.
+
+Stages depend on these small interfaces, never on MLflow or the cycle machinery, so unit
+tests can hand them fakes of our own making.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from orchestrator.artifacts import ChampionRef
+from orchestrator.config import Pipeline
+from orchestrator.workspace import Workspace
+
+
+class Registry(Protocol):
+    """What the stages need of the model registry (MLflow behind registry.py)."""
+
+    tracking_uri: str
+
+    def start_cycle_run(self, pipeline: str, cycle_id: str, tags: dict[str, str]) -> str: ...
+    def reopen_run(self, run_id: str) -> None: ...
+    def end_run(self, run_id: str, status: str) -> None: ...
+    def log_params(self, run_id: str, params: dict[str, str]) -> None: ...
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None: ...
+    def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None: ...
+    def champion(self, model: str, download_to: Path) -> ChampionRef | None: ...
+    def lineage(self, champion: ChampionRef) -> list[str]: ...
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None: ...
+    def register(self, model: str, run_id: str, cycle_id: str, onnx_file: Path, files: dict[str, Path],
+                 sample: np.ndarray, tags: dict[str, str]) -> str: ...
+    def load_test(self, model: str, version: str, sample: np.ndarray) -> np.ndarray: ...
+    def alias(self, model: str, alias: str) -> str | None: ...
+    def set_alias(self, model: str, alias: str, version: str) -> None: ...
+    def delete_alias(self, model: str, alias: str) -> None: ...
+    def set_version_tags(self, model: str, version: str, tags: dict[str, str]) -> None: ...
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+@dataclass
+class StageContext:
+    workspace: Workspace
+    pipeline: Pipeline
+    cycle_id: str
+    folder: Path  # this cycle's own folder; stages write only below it (and the engine cache)
+    registry: Registry
+    run_id: str  # the cycle's parent MLflow run
+    say: Callable[[str], None] = _quiet  # a progress line for the user
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("plaster"))
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, *parts: str) -> Path:
+        p = self.folder.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p

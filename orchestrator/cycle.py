@@ -1,0 +1,182 @@
+"""The cycle: ingest → train → export → build → validate → promote, as a small state machine.
+
+This is the only place that orders stages, times them, persists their outputs (after
+every stage, to the record and the MLflow run) and decides what happens next: SKIPPED
+when there is too little data, REJECTED when a stage or the gate says so, back to build
+when the champion moved under us, and a resumable FAILED state on any error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Any, Callable
+
+from orchestrator import record as records
+from orchestrator.artifacts import (Checkpoint, EngineSet, OnnxModel, Promotion, Scorecard, Snapshot, from_dict,
+                                    to_dict)
+from orchestrator.config import Pipeline
+from orchestrator.context import StageContext
+from orchestrator.errors import CandidateRejected, ChampionMoved, PlasterError, ResumeError
+from orchestrator.workspace import Workspace
+
+STAGES = ("ingest", "train", "export", "build", "validate", "promote")
+OUTPUT = {"ingest": Snapshot, "train": Checkpoint, "export": OnnxModel, "build": EngineSet,
+          "validate": Scorecard, "promote": Promotion}
+PROMOTED, REJECTED, SKIPPED, HELD = "PROMOTED", "REJECTED", "SKIPPED", "HELD"
+
+
+def _call(name: str, ctx: StageContext, o: dict[str, Any]) -> Any:
+    # Stages import torch/onnx/ray: load them only when a cycle needs them.
+    from orchestrator.stages import build, export, ingest, promote, train, validate
+
+    if name == "ingest":
+        return ingest.run(ctx)
+    if name == "train":
+        return train.run(ctx, o["ingest"])
+    if name == "export":
+        return export.run(ctx, o["ingest"], o["train"])
+    if name == "build":
+        return build.run(ctx, o["ingest"], o["export"])
+    if name == "validate":
+        return validate.run(ctx, o["ingest"], o["build"])
+    return promote.run(ctx, o["ingest"], o["train"], o["export"], o["build"], o["validate"])
+
+
+class Cycle:
+    def __init__(self, ws: Workspace, pipeline: Pipeline, registry, record: dict[str, Any],
+                 say: Callable[[str], None] = lambda m: None):
+        self.ws, self.pipeline, self.registry, self.record, self.say = ws, pipeline, registry, record, say
+        self.ctx = StageContext(ws, pipeline, record["id"], ws.cycle_dir(pipeline.name, record["id"]),
+                                registry, record["run_id"], say=say)
+
+    @classmethod
+    def start(cls, ws: Workspace, pipeline: Pipeline, registry, trigger: str = "manual",
+              say: Callable[[str], None] = lambda m: None) -> "Cycle":
+        for old in records.load_all(ws, pipeline.name):
+            if old["state"] in (records.RUNNING, records.FAILED):
+                old["state"] = records.ABANDONED  # a fresh run supersedes it; its files stay for inspection
+                records.save(ws, old)
+        cycle_id = records.new_id()
+        run_id = registry.start_cycle_run(pipeline.name, cycle_id, {"plaster.trigger": trigger})
+        rec = {
+            "id": cycle_id, "pipeline": pipeline.name, "state": records.RUNNING, "trigger": trigger,
+            "started_at": time.time(), "decided_at": None, "decision": None, "reasons": [],
+            "run_id": run_id, "tracking_uri": getattr(registry, "tracking_uri", ""),
+            "stages": {}, "cycle_time_s": None, "data_to_live_s": None, "quarantined": [],
+            "version": None, "champion_before": None, "error": None, "resumes": 0,
+        }
+        registry.log_params(run_id, {"pipeline_folder": str(pipeline.folder),
+                                     **{f"cfg.{k}": v for k, v in pipeline.config.model_dump(by_alias=True).items()}})
+        records.save(ws, rec)
+        return cls(ws, pipeline, registry, rec, say)
+
+    @classmethod
+    def resume(cls, ws: Workspace, pipeline: Pipeline, registry,
+               say: Callable[[str], None] = lambda m: None) -> "Cycle":
+        rec = records.unfinished(ws, pipeline.name)
+        if rec is None:
+            raise ResumeError(f"no unfinished cycle of '{pipeline.name}' to resume; start one with "
+                              f"`plaster run {pipeline.folder}`")
+        rec["state"], rec["error"], rec["resumes"] = records.RUNNING, None, rec.get("resumes", 0) + 1
+        registry.reopen_run(rec["run_id"])
+        records.save(ws, rec)
+        return cls(ws, pipeline, registry, rec, say)
+
+    def _outputs(self) -> dict[str, Any]:
+        return {n: from_dict(OUTPUT[n], s["output"]) for n, s in self.record["stages"].items() if s["status"] == "done"}
+
+    def _persist(self) -> None:
+        path = records.save(self.ws, self.record)
+        try:
+            self.registry.log_file(self.record["run_id"], path, None)
+        except Exception as e:  # the local record is the source of truth; MLflow mirrors it
+            self.ctx.log.warning("could not mirror the cycle record to MLflow: %s", e)
+
+    def run(self) -> dict[str, Any]:
+        """Run every stage not yet done; return the record with its decision.
+
+        Raises:
+            PlasterError: the cycle could not reach a decision; the record says where it
+                stopped and `plaster run --resume` continues from there.
+        """
+        outputs = self._outputs()
+        revalidated = False
+        i = 0
+        while i < len(STAGES):
+            name = STAGES[i]
+            if name in outputs:
+                i += 1
+                continue
+            self.say(f"[bold]{name}[/bold]…")
+            t0, started = time.perf_counter(), time.time()
+            try:
+                out = _call(name, self.ctx, outputs)
+            except CandidateRejected as e:
+                return self._decide(REJECTED, [str(e)], outputs)
+            except ChampionMoved as e:
+                if not revalidated:
+                    # Judge again against the new champion: rebuild its engines, re-validate.
+                    self.say(f"{e}; validating again")
+                    champion = self.registry.champion(self.pipeline.name, self.ws.home / "champions" / self.pipeline.name)
+                    outputs["ingest"] = dataclasses.replace(outputs["ingest"], champion=champion)
+                    self.record["stages"]["ingest"]["output"] = to_dict(outputs["ingest"])
+                    for stale in ("build", "validate"):
+                        outputs.pop(stale, None)
+                        self.record["stages"].pop(stale, None)
+                    revalidated = True
+                    i = STAGES.index("build")
+                    continue
+                return self._fail(name, e)
+            except PlasterError as e:
+                return self._fail(name, e)
+            except Exception as e:
+                return self._fail(name, e)
+            seconds = time.perf_counter() - t0
+            outputs[name] = out
+            self.record["stages"][name] = {"status": "done", "seconds": round(seconds, 3), "started_at": started,
+                                           "output": to_dict(out)}
+            if name == "ingest":
+                self.record["quarantined"] = [to_dict(q) for q in out.quarantined]
+            self.registry.log_metrics(self.record["run_id"], {f"stage_{name}_s": seconds})
+            self._persist()
+            self.say(f"  {name} done in {seconds:.1f}s")
+            if os.environ.get("PLASTER_CRASH_AFTER") == name:  # test hook: a real crash between stages
+                os.kill(os.getpid(), signal.SIGKILL)
+            if name == "ingest" and out.skip_reason:
+                return self._decide(SKIPPED, [out.skip_reason], outputs)
+            i += 1
+        promotion: Promotion = outputs["promote"]
+        return self._decide(promotion.decision, list(promotion.reasons), outputs)
+
+    def _fail(self, stage: str, e: Exception) -> dict[str, Any]:
+        self.record["state"] = records.FAILED
+        self.record["error"] = {"stage": stage, "type": type(e).__name__, "message": str(e)}
+        self._persist()
+        self.registry.end_run(self.record["run_id"], "FAILED")
+        if isinstance(e, PlasterError):
+            raise e
+        raise PlasterError(f"stage {stage} failed: {type(e).__name__}: {e}. "
+                           f"Fix the cause, then `plaster run {self.pipeline.folder} --resume`") from e
+
+    def _decide(self, decision: str, reasons: list[str], outputs: dict[str, Any]) -> dict[str, Any]:
+        rec = self.record
+        now = time.time()
+        rec.update(state=records.DECIDED, decision=decision, reasons=reasons, decided_at=now,
+                   cycle_time_s=round(now - rec["started_at"], 3))
+        snapshot: Snapshot | None = outputs.get("ingest")
+        promotion: Promotion | None = outputs.get("promote")
+        if promotion is not None:
+            rec["version"], rec["champion_before"] = promotion.version, promotion.champion_before
+            if decision == PROMOTED and snapshot is not None and snapshot.oldest_arrival is not None:
+                rec["data_to_live_s"] = round(promotion.decided_at - snapshot.oldest_arrival, 3)
+        metrics = {"cycle_time_s": rec["cycle_time_s"]}
+        if rec["data_to_live_s"] is not None:
+            metrics["data_to_live_s"] = rec["data_to_live_s"]
+        self.registry.log_metrics(rec["run_id"], metrics)
+        self.registry.set_tags(rec["run_id"], {"plaster.decision": decision, "plaster.reasons": "; ".join(reasons)[:5000]})
+        self._persist()
+        self.registry.end_run(rec["run_id"], "FINISHED")
+        return rec

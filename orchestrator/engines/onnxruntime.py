@@ -1,0 +1,56 @@
+"""ONNX Runtime engines for CPUs: the variant, graph-optimized for this machine and saved.
+
+ORT_ENABLE_ALL writes hardware-specific kernels into the saved model, which is why the
+engine cache key carries the hardware fingerprint. Never imports tensorrt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            return f"onnxruntime cannot be imported ({e}); run `make setup`"
+        return None
+
+    def version(self) -> str:
+        import onnxruntime as ort
+
+        return ort.__version__
+
+    def device(self) -> str:
+        return "cpu"
+
+    def build(self, variant: Path, out: Path, *, input_name: str, sample_shape: tuple[int, ...],
+              max_batch: int, opt_batch: int, timing_cache: Path) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(out)
+        ort.InferenceSession(str(variant), opts, providers=["CPUExecutionProvider"])
+        # The optimized model must answer before it counts as an engine.
+        runner = self.load(out)
+        runner(np.zeros((1, *sample_shape), dtype=np.float32))
+
+    def load(self, engine: Path):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        # Already optimized at build time: do not pay for it again at every load.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        sess = ort.InferenceSession(str(engine), opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return sess.run(None, {name: x})[0]
+
+        return run

@@ -1,0 +1,60 @@
+"""One error root for everything plaster refuses or fails at.
+
+Every message names what to fix (a config key, a command, a file). Errors must stay
+picklable with a single message argument, because they cross Ray process boundaries.
+"""
+
+
+class PlasterError(Exception):
+    """Root of plaster's errors; the CLI prints the message and exits non-zero."""
+
+    exit_code = 1
+
+
+class ConfigError(PlasterError):
+    """A pipeline.yaml or pipeline folder is invalid."""
+
+
+class DataError(PlasterError):
+    """The data source cannot be read at all (bad shards are quarantined instead)."""
+
+
+class TrainingError(PlasterError):
+    """Ray Train failed to produce a checkpoint."""
+
+
+class ExportError(PlasterError):
+    """The trained model could not be exported to a valid ONNX file."""
+
+
+class EngineBuildError(PlasterError):
+    """An engine could not be built from a precision variant."""
+
+
+class GateError(PlasterError):
+    """The gate could not be evaluated (not the same as a failing gate)."""
+
+
+class RegistryError(PlasterError):
+    """MLflow refused an operation or a registered version failed its load test."""
+
+
+class CycleLockedError(PlasterError):
+    """Another cycle of the same pipeline holds the lock."""
+
+    exit_code = 3
+
+
+class ResumeError(PlasterError):
+    """`--resume` found nothing to resume or a record that cannot be continued."""
+
+
+class CandidateRejected(PlasterError):
+    """A stage found the candidate unfit (e.g. ONNX parity out of tolerance).
+
+    Not a failure of plaster: the cycle ends with decision REJECTED and this reason.
+    """
+
+
+class ChampionMoved(PlasterError):
+    """The champion alias moved after validation: the cycle judges the candidate again."""

@@ -1,0 +1,1 @@
+"""Measurements that feed the scorecard: accuracy, latency/throughput, hardware identity."""

@@ -1,0 +1,100 @@
+"""Cycle records on disk: one JSON per cycle under PLASTER_HOME/cycles/<pipeline>/<id>/,
+written atomically after every stage, plus the per-pipeline lock.
+
+The record is the source of truth for resume and status; the MLflow run mirrors it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import CycleLockedError
+from orchestrator.workspace import Workspace
+
+RUNNING, DECIDED, FAILED, ABANDONED = "running", "decided", "failed", "abandoned"
+
+
+def new_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def path(ws: Workspace, pipeline: str, cycle_id: str) -> Path:
+    return ws.cycle_dir(pipeline, cycle_id) / "record.json"
+
+
+def save(ws: Workspace, record: dict[str, Any]) -> Path:
+    p = path(ws, record["pipeline"], record["id"])
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, p)  # a crash mid-write leaves the previous record intact
+    return p
+
+
+def load_all(ws: Workspace, pipeline: str) -> list[dict[str, Any]]:
+    """Every cycle record of a pipeline, oldest first."""
+    folder = ws.cycles_dir(pipeline)
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in folder.glob("*/record.json"):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return sorted(out, key=lambda r: r["started_at"])
+
+
+def unfinished(ws: Workspace, pipeline: str) -> dict[str, Any] | None:
+    """The newest cycle that neither reached a decision nor was abandoned."""
+    for r in reversed(load_all(ws, pipeline)):
+        if r["state"] in (RUNNING, FAILED):
+            return r
+    return None
+
+
+class PipelineLock:
+    """One cycle per pipeline at a time, across processes (an flock the kernel releases
+    when the holder dies, so a crashed run never leaves a stale lock)."""
+
+    def __init__(self, ws: Workspace, pipeline: str):
+        self.file = ws.lock_file(pipeline)
+        self.pipeline = pipeline
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool = False, holder: str = "") -> None:
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                who = self.file.read_text().strip() or "unknown"
+            except OSError:
+                who = "unknown"
+            raise CycleLockedError(
+                f"another cycle of '{self.pipeline}' is running ({who}); wait for it to finish, "
+                f"or run again with --wait to queue behind it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} since {time.strftime('%H:%M:%S')} {holder}".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "PipelineLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

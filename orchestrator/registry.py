@@ -1,0 +1,194 @@
+"""The only module that talks to MLflow: cycle runs, the Model Registry and its aliases.
+
+Versions come back as strings whatever the store (SQLite gives ints, REST strings). Every
+ONNX model is loaded fresh from disk before logging, because mlflow.onnx.log_model mutates
+the proto it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.artifacts import ChampionRef
+from orchestrator.errors import RegistryError
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _not_found(e: Exception) -> bool:
+    return "RESOURCE_DOES_NOT_EXIST" in str(getattr(e, "error_code", "")) or "not found" in str(e).lower() \
+        or "does not exist" in str(e).lower()
+
+
+class MlflowRegistry:
+    def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self._artifact_root = artifact_root
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # --- cycle runs -----------------------------------------------------------------------
+
+    def experiment_id(self, pipeline: str) -> str:
+        name = f"plaster/{pipeline}"
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        # A file store keeps artifacts beside the db; a server decides its own location.
+        if self._artifact_root is not None and not self.tracking_uri.startswith("http"):
+            location = (self._artifact_root / pipeline).as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def start_cycle_run(self, pipeline: str, cycle_id: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id(pipeline), run_name=cycle_id,
+                                     tags={"plaster.cycle_id": cycle_id, "plaster.pipeline": pipeline, **tags})
+        return run.info.run_id
+
+    def reopen_run(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    # --- registry ---------------------------------------------------------------------------
+
+    def alias(self, model: str, alias: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(model, alias).version)
+        except Exception as e:
+            if _not_found(e):
+                return None
+            raise RegistryError(f"MLflow at {self.tracking_uri} failed to read alias {model}@{alias}: {e}") from None
+
+    def set_alias(self, model: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(model, alias, str(version))
+
+    def delete_alias(self, model: str, alias: str) -> None:
+        try:
+            self.client.delete_registered_model_alias(model, alias)
+        except Exception as e:
+            if not _not_found(e):
+                raise
+
+    def set_version_tags(self, model: str, version: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_model_version_tag(model, str(version), k, v)
+
+    def champion(self, model: str, download_to: Path) -> ChampionRef | None:
+        version = self.alias(model, "champion")
+        if version is None:
+            return None
+        mv = self.client.get_model_version(model, version)
+        folder = download_to / f"v{version}"
+        if not (folder / "manifest.json").exists():
+            tmp = download_to / f".v{version}.download"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            try:
+                self.client.download_artifacts(mv.run_id, "plaster", str(tmp))
+            except Exception as e:
+                raise RegistryError(f"cannot download the artifacts of {model} v{version} (run {mv.run_id}): {e}; "
+                                    f"it may not have been registered by plaster: `plaster rollback {model} --to VERSION`") from None
+            shutil.rmtree(folder, ignore_errors=True)
+            (tmp / "plaster").rename(folder)
+            shutil.rmtree(tmp, ignore_errors=True)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return ChampionRef(version=version, run_id=mv.run_id, folder=str(folder),
+                           precision=manifest["precision"], backend=manifest["backend"])
+
+    def lineage(self, champion: ChampionRef) -> list[str]:
+        return json.loads((Path(champion.folder) / "lineage.json").read_text())["learned"]
+
+    def _version_of_cycle(self, model: str, cycle_id: str) -> str | None:
+        try:
+            versions = self.client.search_model_versions(f"name='{model}'")
+        except Exception:
+            return None
+        for mv in versions:
+            if (mv.tags or {}).get("plaster.cycle_id") == cycle_id:
+                return str(mv.version)
+        return None
+
+    def register(self, model: str, run_id: str, cycle_id: str, onnx_file: Path, files: dict[str, Path],
+                 sample: np.ndarray, tags: dict[str, str]) -> str:
+        """Log the ONNX model and `files` on the cycle run and register a version, once per cycle."""
+        import mlflow
+        import onnx
+        from mlflow.models import infer_signature
+
+        existing = self._version_of_cycle(model, cycle_id)
+        if existing is not None:
+            return existing
+        for artifact_path, folder in files.items():
+            self.client.log_artifacts(run_id, str(folder), artifact_path)
+        proto = onnx.load(str(onnx_file))  # fresh: log_model mutates what it is given
+        logits = self._onnx_predict(onnx_file, sample)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.onnx.log_model(
+                proto, name="model", onnx_execution_providers=["CPUExecutionProvider"],
+                save_as_external_data=False, signature=infer_signature(sample, logits),
+            )
+        try:
+            mv = self.client.create_model_version(model, info.model_uri, run_id=run_id,
+                                                  tags={"plaster.cycle_id": cycle_id, **tags})
+        except Exception as e:
+            if "RESOURCE_DOES_NOT_EXIST" not in str(e) and "not found" not in str(e).lower():
+                raise
+            self.client.create_registered_model(model, description="Registered by plaster")
+            mv = self.client.create_model_version(model, info.model_uri, run_id=run_id,
+                                                  tags={"plaster.cycle_id": cycle_id, **tags})
+        version = str(mv.version)
+        got = self.load_test(model, version, sample)
+        if not np.allclose(got, logits, atol=1e-4):
+            raise RegistryError(f"{model} v{version} loaded through MLflow answers differently from the ONNX file "
+                                f"(max diff {np.max(np.abs(got - logits)):.3g}); it gets no alias")
+        return version
+
+    @staticmethod
+    def _onnx_predict(onnx_file: Path, sample: np.ndarray) -> np.ndarray:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+        return sess.run(None, {sess.get_inputs()[0].name: sample})[0]
+
+    def load_test(self, model: str, version: str, sample: np.ndarray) -> np.ndarray:
+        """Load `models:/model/version` with MLflow's own pyfunc loader and run it once."""
+        import mlflow.pyfunc
+
+        try:
+            out = mlflow.pyfunc.load_model(f"models:/{model}/{version}").predict(sample)
+        except Exception as e:
+            raise RegistryError(f"{model} v{version} does not load or run through MLflow ({e}); it gets no alias") from None
+        return np.asarray(next(iter(out.values())) if isinstance(out, dict) else out)

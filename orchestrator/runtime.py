@@ -1,0 +1,50 @@
+"""The Ray runtime a cycle runs on: the one at RAY_ADDRESS, or a local one started here.
+
+Ray's own log noise goes to PLASTER_HOME/logs/ray.log, never the user's terminal.
+Nothing here knows about stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from orchestrator.workspace import Workspace
+
+# Ray Train V2 paces report() by this interval (default 2 s); a tiny cycle would spend most
+# of its time waiting on it. Users can still set their own.
+_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def ensure_ray(ws: Workspace) -> None:
+    """Start or join Ray once per process; later calls are free (the warm path)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    for key, value in _TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
+    ws.ray_log.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(ws.ray_log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("ray", "ray.train", "ray.data", "ray.tune", "ray.serve"):
+        lg = logging.getLogger(name)
+        lg.handlers = [handler]
+        lg.propagate = False
+    address = os.environ.get("RAY_ADDRESS")
+    ray.init(
+        address=address or None,
+        log_to_driver=False,  # worker prints stay in Ray's session logs
+        logging_level=logging.WARNING,
+        configure_logging=False,
+        runtime_env={"env_vars": {k: os.environ[k] for k in _TRAIN_ENV}},
+    )
+    # ray.init may have attached its own stderr handler; keep our file the only one.
+    for name in ("ray", "ray.train"):
+        logging.getLogger(name).handlers = [handler]
+
+
+def cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))

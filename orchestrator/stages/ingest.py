@@ -1,0 +1,119 @@
+"""ingest: find the shards the champion has not learned from, check them, and freeze a snapshot.
+
+A bad shard is moved to `<source>/_quarantine/` with a reason file beside it: never deleted,
+never blocking the good shards. The snapshot materializes train / new-holdout / golden
+arrays in the cycle folder so later stages (and a resume) never re-read the data source.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.artifacts import QuarantinedShard, Shard, Snapshot, sha256_file
+from orchestrator.context import StageContext
+from orchestrator.dataset import ShardInvalid, read_shard, save_arrays
+from orchestrator.errors import DataError
+
+QUARANTINE = "_quarantine"
+
+
+def quarantine(path: Path, sha: str, reason: str) -> QuarantinedShard:
+    folder = path.parent / QUARANTINE
+    folder.mkdir(exist_ok=True)
+    target = folder / path.name
+    if target.exists():  # keep both: a later bad shard of the same name must not overwrite evidence
+        target = folder / f"{path.stem}-{sha[:12]}{path.suffix}"
+    shutil.move(str(path), target)
+    target.with_name(target.name + ".reason.json").write_text(
+        json.dumps({"shard": path.name, "sha256": sha, "reason": reason, "quarantined_at": time.time()}, indent=2)
+    )
+    return QuarantinedShard(path.name, str(target), sha, reason)
+
+
+def run(ctx: StageContext) -> Snapshot:
+    cfg = ctx.pipeline.config
+    source = ctx.pipeline.source
+    if not source.is_dir():
+        raise DataError(
+            f"data source {source} does not exist: set data.source in {ctx.pipeline.folder / 'pipeline.yaml'}"
+            f" or, for a reference pipeline, run `plaster simulate {ctx.pipeline.folder}`"
+        )
+    champion = ctx.registry.champion(ctx.pipeline.name, ctx.workspace.home / "champions" / ctx.pipeline.name)
+    learned = set(ctx.registry.lineage(champion)) if champion else set()
+
+    new: list[Shard] = []
+    quarantined: list[QuarantinedShard] = []
+    old_paths: list[Path] = []
+    xs, ys = [], []
+    seen: set[str] = set()
+    for path in sorted(source.glob("*.parquet")):
+        sha = sha256_file(path)
+        if sha in learned:
+            old_paths.append(path)
+            continue
+        if sha in seen:  # the same bytes under two names: learn them once
+            continue
+        seen.add(sha)
+        try:
+            x, y = read_shard(path, cfg.data)
+        except ShardInvalid as e:
+            quarantined.append(quarantine(path, sha, str(e)))
+            ctx.say(f"quarantined {path.name}: {e}")
+            continue
+        new.append(Shard(path.name, str(path), sha, len(y), path.stat().st_mtime))
+        xs.append(x)
+        ys.append(y)
+
+    rows = sum(s.rows for s in new)
+    common = dict(new_shards=tuple(new), quarantined=tuple(quarantined), champion=champion)
+    if rows < cfg.ingest.min_new_rows:
+        reason = f"{rows} new row(s) in {len(new)} shard(s) < ingest.min_new_rows={cfg.ingest.min_new_rows}"
+        return Snapshot(**common, replay_rows=0, train_file="", holdout_new_file="", golden_file=None,
+                        train_rows=0, holdout_new_rows=0, golden_rows=0, learned=tuple(sorted(learned)),
+                        skip_reason=reason)
+
+    rng = np.random.default_rng(cfg.ingest.seed)
+    x_new, y_new = np.concatenate(xs), np.concatenate(ys)
+    order = rng.permutation(len(y_new))
+    n_hold = max(1, int(round(len(y_new) * cfg.ingest.holdout_fraction)))
+    hold, train = order[:n_hold], order[n_hold:]
+    x_train, y_train = x_new[train], y_new[train]
+
+    # Replay: older rows mixed into training so the candidate does not forget the past.
+    replay_rows = 0
+    want = int(len(train) * cfg.ingest.replay_fraction)
+    if want and old_paths:
+        olds = [read_shard(p, cfg.data) for p in old_paths]
+        x_old, y_old = np.concatenate([o[0] for o in olds]), np.concatenate([o[1] for o in olds])
+        pick = rng.choice(len(y_old), size=min(want, len(y_old)), replace=False)
+        x_train, y_train = np.concatenate([x_train, x_old[pick]]), np.concatenate([y_train, y_old[pick]])
+        replay_rows = len(pick)
+
+    save_arrays(ctx.path("snapshot", "train.npz"), x_train, y_train)
+    save_arrays(ctx.path("snapshot", "holdout_new.npz"), x_new[hold], y_new[hold])
+    golden_file, golden_rows = None, 0
+    if ctx.pipeline.golden is not None:
+        try:
+            gx, gy = read_shard(ctx.pipeline.golden, cfg.data)
+        except (ShardInvalid, FileNotFoundError) as e:
+            raise DataError(f"golden holdout {ctx.pipeline.golden} is unusable ({e}): fix data.golden") from None
+        golden_file = str(ctx.path("snapshot", "golden.npz"))
+        save_arrays(Path(golden_file), gx, gy)
+        golden_rows = len(gy)
+
+    return Snapshot(
+        **common,
+        replay_rows=replay_rows,
+        train_file=str(ctx.path("snapshot", "train.npz")),
+        holdout_new_file=str(ctx.path("snapshot", "holdout_new.npz")),
+        golden_file=golden_file,
+        train_rows=len(y_train),
+        holdout_new_rows=n_hold,
+        golden_rows=golden_rows,
+        learned=tuple(sorted(learned | {s.sha256 for s in new})),
+    )

@@ -1,0 +1,87 @@
+"""promote: register the candidate in the MLflow Model Registry and act on the gate's decision.
+
+Registration is idempotent (a version is found again by its cycle id), and every version
+is loaded and run once through MLflow before an alias points at it. The champion alias
+moves compare-and-set: only if it still points at the version the candidate was validated
+against; otherwise ChampionMoved sends the cycle back to validate.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.artifacts import (Checkpoint, EngineSet, OnnxModel, Promotion, Scorecard, Snapshot, to_dict)
+from orchestrator.context import StageContext
+from orchestrator.dataset import load_arrays
+from orchestrator.errors import ChampionMoved, RegistryError
+from orchestrator.gate import HOLD, PROMOTE
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+
+
+def _bundle(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, engines: EngineSet,
+            scorecard: Scorecard) -> Path:
+    """The files registered beside the ONNX model: what a later cycle needs of a champion."""
+    folder = ctx.folder / "bundle"
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "variants").mkdir(parents=True)
+    shutil.copy(checkpoint.weights_file, folder / "weights.pt")
+    for v in engines.variants:
+        shutil.copy(v.path, folder / "variants" / f"{v.precision}.onnx")
+    chosen = scorecard.chosen
+    engine = next(e for e in engines.candidate if e.backend == chosen.backend and e.precision == chosen.precision)
+    (folder / "engines").mkdir()
+    shutil.copy(engine.path, folder / "engines" / Path(engine.path).name)
+    (folder / "manifest.json").write_text(json.dumps({
+        "precision": chosen.precision, "backend": chosen.backend, "engine": f"engines/{Path(engine.path).name}",
+        "engine_cache_key": engine.cache_key, "machine": scorecard.machine, "cycle_id": ctx.cycle_id,
+    }, indent=2))
+    (folder / "lineage.json").write_text(json.dumps({"learned": list(snapshot.learned),
+                                                     "new": [s.sha256 for s in snapshot.new_shards]}, indent=2))
+    (folder / "scorecard.json").write_text(json.dumps(to_dict(scorecard), indent=2))
+    return folder
+
+
+def run(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, onnx_model: OnnxModel,
+        engines: EngineSet, scorecard: Scorecard) -> Promotion:
+    name = ctx.pipeline.name
+    reasons = tuple(f"{v.rule}: {v.verdict} ({v.reason})" for v in scorecard.verdicts)
+    x, _ = load_arrays(snapshot.holdout_new_file)
+    sample = np.ascontiguousarray(x[:8])
+    bundle = _bundle(ctx, snapshot, checkpoint, engines, scorecard)
+    ctx.say("registering the candidate in MLflow")
+    version = ctx.registry.register(
+        name, ctx.run_id, ctx.cycle_id, Path(onnx_model.path), {"plaster": bundle}, sample,
+        tags={"plaster.decision": scorecard.decision, "plaster.precision": scorecard.chosen.precision,
+              "plaster.backend": scorecard.chosen.backend},
+    )
+    current = ctx.registry.alias(name, CHAMPION)
+    if current == version:  # a resumed cycle that already promoted: never promote twice
+        return Promotion("PROMOTED", version, scorecard.champion_version, version, time.time(), reasons)
+    ctx.registry.set_alias(name, CHALLENGER, version)
+
+    if scorecard.decision == HOLD:
+        ctx.registry.set_version_tags(name, version, {"plaster.awaiting_approval": "true"})
+        return Promotion("HELD", version, current, current, time.time(), reasons + ("promotion: manual; awaiting approval",))
+    if scorecard.decision != PROMOTE:
+        ctx.registry.delete_alias(name, CHALLENGER)
+        return Promotion("REJECTED", version, current, current, time.time(), reasons)
+
+    if current != scorecard.champion_version:
+        raise ChampionMoved(f"champion moved from v{scorecard.champion_version} to v{current} during the cycle")
+    # register() has loaded and run this version through MLflow; check the answers too.
+    got = ctx.registry.load_test(name, version, sample)
+    if got.shape[0] != len(sample):
+        raise RegistryError(f"v{version} answered {got.shape} for {len(sample)} inputs; not promoting it")
+    if current is not None:
+        ctx.registry.set_alias(name, PREVIOUS, current)
+    ctx.registry.set_alias(name, CHAMPION, version)
+    ctx.registry.delete_alias(name, CHALLENGER)
+    ctx.say(f"promoted v{version} to champion" + (f" (previous: v{current})" if current else ""))
+    return Promotion("PROMOTED", version, current, version, time.time(), reasons)
