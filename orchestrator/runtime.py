@@ -6,8 +6,10 @@ Nothing here knows about stages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 
 from orchestrator.workspace import Workspace
 
@@ -32,16 +34,32 @@ def ensure_ray(ws: Workspace) -> None:
         lg.handlers = [handler]
         lg.propagate = False
     address = os.environ.get("RAY_ADDRESS")
-    ray.init(
-        address=address or None,
-        log_to_driver=False,  # worker prints stay in Ray's session logs
-        logging_level=logging.WARNING,
-        configure_logging=False,
-        runtime_env={"env_vars": {k: os.environ[k] for k in _TRAIN_ENV}},
-    )
+    with _stderr_to(ws.ray_log):
+        ray.init(
+            address=address or None,
+            log_to_driver=False,  # worker prints stay in Ray's session logs
+            logging_level=logging.WARNING,
+            configure_logging=False,
+            runtime_env={"env_vars": {k: os.environ[k] for k in _TRAIN_ENV}},
+        )
     # ray.init may have attached its own stderr handler; keep our file the only one.
     for name in ("ray", "ray.train"):
         logging.getLogger(name).handlers = [handler]
+
+
+@contextlib.contextmanager
+def _stderr_to(path):
+    """Point fd 2 at `path` for a while: ray.init prints banners the user has no use for."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def cluster_gpus() -> int:

@@ -33,6 +33,8 @@ class OnnxRuntimeBackend:
               max_batch: int, opt_batch: int, timing_cache: Path) -> None:
         import onnxruntime as ort
 
+        # ORT warns that ENABLE_ALL output is hardware-specific: known, and in the cache key.
+        ort.set_default_logger_severity(3)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.optimized_model_filepath = str(out)

@@ -7,6 +7,7 @@ crash. Never builds engines or quantizes: that is build's job.
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -35,6 +36,8 @@ def export_onnx(model, example: np.ndarray, path, opset: int | None = None) -> s
     import torch
 
     kwargs = {"opset_version": opset} if opset else {}
+    # The exporter logs a warning per torchvision op it cannot register; not ours to fix.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(

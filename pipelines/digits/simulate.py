@@ -1,6 +1,6 @@
 """A drifting stream of digits shards, from scikit-learn's bundled digits (no download).
 
-Shard k applies drift of severity min(1, k / 8): rotation up to 35 degrees, a shift up to
+Shard k applies drift of severity min(1, k / 8): rotation up to 30 degrees, a shift up to
 1 pixel, thicker strokes and growing noise, so a champion trained on early shards loses
 accuracy on later ones and retraining recovers it. A fixed golden holdout of undrifted
 images is written once. Shards are only ever appended, never rewritten.
@@ -36,13 +36,13 @@ def _split():
 def drift(images: np.ndarray, severity: float, rng: np.random.Generator) -> np.ndarray:
     out = np.empty_like(images)
     for i, img in enumerate(images):
-        angle = severity * 35.0 * rng.uniform(0.7, 1.0)
+        angle = severity * 30.0 * rng.uniform(0.7, 1.0)
         shift = severity * rng.uniform(-1.0, 1.0, size=2)
         im = ndimage.rotate(img, angle, reshape=False, order=1, mode="constant")
         im = ndimage.shift(im, shift, order=1, mode="constant")
         if severity >= 0.5:
             im = ndimage.grey_dilation(im, size=(2, 2))
-        im = im + rng.normal(0.0, 0.15 * severity, size=im.shape)
+        im = im + rng.normal(0.0, 0.1 * severity, size=im.shape)
         out[i] = np.clip(im, 0.0, 1.0)
     return out
 

@@ -1,0 +1,49 @@
+import pytest
+
+from orchestrator.config import load_pipeline
+from orchestrator.errors import ConfigError
+
+
+def test_reference_pipeline_is_valid(digits):
+    p = load_pipeline(digits)
+    assert p.name == "digits"
+    assert p.config.data.features.shape == (1, 8, 8)
+    assert p.config.validate_.throughput_batch == 64
+
+
+def test_every_error_reported_at_once_naming_the_key(digits):
+    text = (digits / "pipeline.yaml").read_text()
+    text = text.replace("num_workers: 2", "num_wrkers: 2").replace("epochs: 30", "epochs: -1")
+    text = text.replace("holdout_fraction: 0.2", "holdout_fraction: 1.5")
+    (digits / "pipeline.yaml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(digits)
+    msg = str(e.value)
+    assert "3 error(s)" in msg
+    assert "train.num_wrkers: unknown key" in msg
+    assert "train.epochs" in msg and "ingest.holdout_fraction" in msg
+
+
+def test_missing_model_file_names_the_fix(digits):
+    (digits / "model.py").unlink()
+    with pytest.raises(ConfigError, match="build_model"):
+        load_pipeline(digits)
+
+
+def test_bad_yaml_and_missing_folder(tmp_path, digits):
+    with pytest.raises(ConfigError, match="pipeline.yaml and model.py"):
+        load_pipeline(tmp_path / "nope")
+    (digits / "pipeline.yaml").write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_pipeline(digits)
+
+
+def test_gate_slice_and_precision_checks(digits):
+    text = (digits / "pipeline.yaml").read_text()
+    text = text.replace("accuracy_min: {golden: 0.85, new: 0.70}", "accuracy_min: {golde: 0.85}")
+    text = text.replace("precisions: [fp32, fp16, int8]", "precisions: [fp16, int4]")
+    (digits / "pipeline.yaml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(digits)
+    assert "gate" in str(e.value) and "golde" in str(e.value)
+    assert "build.precisions" in str(e.value)

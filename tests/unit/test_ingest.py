@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator import api
+from orchestrator.artifacts import ChampionRef, sha256_file
+from orchestrator.dataset import load_arrays
+from orchestrator.errors import DataError
+from orchestrator.stages import ingest
+
+from fakes import FakeRegistry, context, write_champion_folder
+
+
+def _bad(path, **cols):
+    pq.write_table(pa.table(cols), path)
+
+
+@pytest.fixture
+def stream(home, digits):
+    paths = api.simulate(digits, shards=2)
+    return digits, paths
+
+
+def test_bad_shards_quarantined_with_reasons_and_good_ones_used(stream, home):
+    digits, good = stream
+    src = good[0].parent
+    (src / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
+    _bad(src / "schema.parquet", image=pa.array([[0.0] * 64]), y=pa.array([1]))
+    _bad(src / "nan.parquet", pixels=pa.array([[float("nan")] * 64], type=pa.list_(pa.float32())), label=pa.array([1]))
+    _bad(src / "labels.parquet", pixels=pa.array([[0.0] * 64], type=pa.list_(pa.float32())), label=pa.array([12]))
+    _bad(src / "shape.parquet", pixels=pa.array([[0.0] * 60], type=pa.list_(pa.float32())), label=pa.array([1]))
+    corrupt_bytes = (src / "corrupt.parquet").read_bytes()
+
+    snap = ingest.run(context(home, digits))
+
+    reasons = {q.name: q.reason for q in snap.quarantined}
+    assert set(reasons) == {"corrupt.parquet", "schema.parquet", "nan.parquet", "labels.parquet", "shape.parquet"}
+    assert "not a readable Parquet" in reasons["corrupt.parquet"]
+    assert "missing column" in reasons["schema.parquet"] and "pixels" in reasons["schema.parquet"]
+    assert "NaN" in reasons["nan.parquet"]
+    assert "outside 0..9" in reasons["labels.parquet"]
+    assert "expected 64" in reasons["shape.parquet"]
+    # Never deleted: moved aside, byte for byte, with the reason beside it.
+    moved = src / "_quarantine" / "corrupt.parquet"
+    assert moved.read_bytes() == corrupt_bytes
+    assert "not a readable" in json.loads((src / "_quarantine" / "corrupt.parquet.reason.json").read_text())["reason"]
+    # The good shards still make the snapshot.
+    assert snap.skip_reason is None
+    assert [s.name for s in snap.new_shards] == [p.name for p in good]
+    x, y = load_arrays(snap.train_file)
+    assert x.shape[1:] == (1, 8, 8) and x.dtype == np.float32
+    assert snap.train_rows + snap.holdout_new_rows == 500
+    assert snap.golden_rows == 400
+
+
+def test_too_little_new_data_is_a_skip_with_reason(home, digits):
+    api.simulate(digits, shards=1)
+    text = (digits / "pipeline.yaml").read_text().replace("min_new_rows: 200", "min_new_rows: 1000")
+    (digits / "pipeline.yaml").write_text(text)
+    snap = ingest.run(context(home, digits))
+    assert snap.skip_reason and "250 new row(s)" in snap.skip_reason and "min_new_rows=1000" in snap.skip_reason
+
+
+def test_learned_shards_are_not_new_but_replayed(stream, home):
+    digits, good = stream
+    learned = [sha256_file(good[0])]
+    folder = home / "champ"
+    write_champion_folder(folder, learned)
+    reg = FakeRegistry()
+    reg.champion_ref = ChampionRef("1", "r", str(folder), "fp32", "onnxruntime")
+    reg.learned = learned
+    snap = ingest.run(context(home, digits, reg))
+    assert [s.name for s in snap.new_shards] == [good[1].name]
+    assert snap.replay_rows == int(200 * 0.5)
+    assert set(snap.learned) == {sha256_file(p) for p in good}
+    assert snap.champion.version == "1"
+
+
+def test_missing_source_names_the_fix(home, digits):
+    with pytest.raises(DataError, match="plaster simulate"):
+        ingest.run(context(home, digits))
