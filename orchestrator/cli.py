@@ -80,3 +80,7 @@ def validate_config(pipeline: Path):
 
 def main(argv: Optional[list[str]] = None) -> None:
     app(argv)
+
+
+if __name__ == "__main__":
+    app()

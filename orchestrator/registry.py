@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -155,20 +156,21 @@ class MlflowRegistry:
             self.client.log_artifacts(run_id, str(folder), artifact_path)
         proto = onnx.load(str(onnx_file))  # fresh: log_model mutates what it is given
         logits = self._onnx_predict(onnx_file, sample)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.onnx.log_model(
-                proto, name="model", onnx_execution_providers=["CPUExecutionProvider"],
+        # save_model + log_artifacts keeps the fluent API (and its global active run) out of it.
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.onnx.save_model(
+                proto, f"{tmp}/model", onnx_execution_providers=["CPUExecutionProvider"],
                 save_as_external_data=False, signature=infer_signature(sample, logits),
             )
+            self.client.log_artifacts(run_id, f"{tmp}/model", "model")
         try:
-            mv = self.client.create_model_version(model, info.model_uri, run_id=run_id,
-                                                  tags={"plaster.cycle_id": cycle_id, **tags})
+            self.client.get_registered_model(model)
         except Exception as e:
-            if "RESOURCE_DOES_NOT_EXIST" not in str(e) and "not found" not in str(e).lower():
+            if not _not_found(e):
                 raise
             self.client.create_registered_model(model, description="Registered by plaster")
-            mv = self.client.create_model_version(model, info.model_uri, run_id=run_id,
-                                                  tags={"plaster.cycle_id": cycle_id, **tags})
+        mv = self.client.create_model_version(model, f"runs:/{run_id}/model", run_id=run_id,
+                                              tags={"plaster.cycle_id": cycle_id, **tags})
         version = str(mv.version)
         got = self.load_test(model, version, sample)
         if not np.allclose(got, logits, atol=1e-4):
