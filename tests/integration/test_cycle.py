@@ -61,7 +61,8 @@ def test_two_cycles_quarantine_skip_and_a_rejected_bad_candidate(home, digits):
     api.simulate(digits, shards=4, shuffle_labels=True)
     bad = api.run_cycle(digits)
     assert bad["decision"] == "REJECTED", bad["reasons"]
-    assert any("FAIL" in r and "golden" in r for r in bad["reasons"])
+    # Its labels are noise, so it cannot reach the absolute bar on the newest data.
+    assert any(r.startswith("accuracy_min.new: FAIL") for r in bad["reasons"]), bad["reasons"]
     assert str(client.get_model_version_by_alias("digits", "champion").version) == "2"
 
     st = api.status(digits)

@@ -39,7 +39,7 @@ def test_killed_between_stages_resumes_and_registers_once(home, digits, mlflow_s
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     assert len(client.search_model_versions("name='digits'")) == 1
     assert str(client.get_model_version_by_alias("digits", "champion").version) == "1"
     run = client.get_run(done["run_id"])
