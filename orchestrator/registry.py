@@ -8,6 +8,7 @@ the proto it is given.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ class MlflowRegistry:
         import mlflow
         from mlflow import MlflowClient
 
+        # MLflow narrates table creation and migrations at INFO; the user asked for a cycle.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.tracking_uri = tracking_uri
         self._artifact_root = artifact_root
         mlflow.set_tracking_uri(tracking_uri)
