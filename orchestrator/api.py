@@ -36,7 +36,10 @@ def run_cycle(folder: str | Path, resume: bool = False, wait: bool = False, trig
     with records.PipelineLock(ws, pipeline.name) as lock:
         lock.acquire(wait=wait, holder=f"plaster run {folder}")
         registry = registry or registry_for(ws)
-        cycle = (Cycle.resume if resume else Cycle.start)(ws, pipeline, registry, **({} if resume else {"trigger": trigger}), say=say)
+        if resume:
+            cycle = Cycle.resume(ws, pipeline, registry, say=say)
+        else:
+            cycle = Cycle.start(ws, pipeline, registry, trigger=trigger, say=say)
         return cycle.run()
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from orchestrator import record as records
 from orchestrator.artifacts import (Checkpoint, EngineSet, OnnxModel, Promotion, Scorecard, Snapshot, from_dict,
@@ -151,7 +151,7 @@ class Cycle:
         promotion: Promotion = outputs["promote"]
         return self._decide(promotion.decision, list(promotion.reasons), outputs)
 
-    def _fail(self, stage: str, e: Exception) -> dict[str, Any]:
+    def _fail(self, stage: str, e: Exception) -> NoReturn:
         self.record["state"] = records.FAILED
         self.record["error"] = {"stage": stage, "type": type(e).__name__, "message": str(e)}
         self._persist()

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -48,7 +47,7 @@ def test_two_cycles_quarantine_skip_and_a_rejected_bad_candidate(home, digits):
     client = MlflowClient()
     assert client.get_model_version_by_alias("digits", "champion").version in ("2", 2)
     assert str(client.get_model_version_by_alias("digits", "previous").version) == "1"
-    gx, gy = load_arrays(sc and Path(second["stages"]["ingest"]["output"]["golden_file"]))
+    gx, gy = load_arrays(Path(second["stages"]["ingest"]["output"]["golden_file"]))
     out = mlflow.pyfunc.load_model("models:/digits@champion").predict(gx)
     logits = next(iter(out.values()))
     assert (logits.argmax(1) == gy).mean() > 0.85

@@ -1,5 +1,7 @@
 """export and build on a real (tiny, untrained) digits model: real torch.onnx, real ONNX Runtime."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -61,7 +63,7 @@ def test_build_makes_variants_and_cached_engines(exported):
     assert not any(e.cached for e in engines.candidate)
     x = np.zeros((3, 1, 8, 8), dtype=np.float32)
     for e in engines.candidate:
-        assert backend(e.backend).load(__import__("pathlib").Path(e.path))(x).shape == (3, 10)
+        assert backend(e.backend).load(Path(e.path))(x).shape == (3, 10)
     # A second build of the same variants on the same machine is a cache hit.
     again = build.run(ctx, snap, onnx_model)
     assert all(e.cached for e in again.candidate)
