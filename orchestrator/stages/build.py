@@ -47,9 +47,9 @@ def build_engine(ctx: StageContext, b: Backend, variant: Variant) -> Engine:
         b.build(Path(variant.path), tmp, input_name=_input_name(variant.path), sample_shape=tuple(cfg.data.features.shape),
                 max_batch=cfg.build.max_batch, opt_batch=cfg.validate_.throughput_batch,
                 timing_cache=ctx.workspace.engine_cache / f"{b.name}.timing-cache")
+    except EngineBuildError:
+        raise
     except Exception as e:
-        if isinstance(e, EngineBuildError):
-            raise
         raise EngineBuildError(f"{b.name} could not build {variant.precision} from {variant.path}: {e}") from None
     tmp.rename(path)  # atomic: a crash mid-build never leaves a half engine in the cache
     seconds = time.perf_counter() - t0

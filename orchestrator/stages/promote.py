@@ -1,7 +1,7 @@
 """promote: register the candidate in the MLflow Model Registry and act on the gate's decision.
 
-Registration is idempotent (a version is found again by its cycle id), and every version
-is loaded and run once through MLflow before an alias points at it. The champion alias
+Registration is idempotent (a version is found again by its cycle id), and register()
+returns only versions it has loaded and run through MLflow, so any alias may point at them. The champion alias
 moves compare-and-set: only if it still points at the version the candidate was validated
 against; otherwise ChampionMoved sends the cycle back to validate.
 """
@@ -18,7 +18,7 @@ import numpy as np
 from orchestrator.artifacts import (Checkpoint, EngineSet, OnnxModel, Promotion, Scorecard, Snapshot, to_dict)
 from orchestrator.context import StageContext
 from orchestrator.dataset import load_arrays
-from orchestrator.errors import ChampionMoved, RegistryError
+from orchestrator.errors import ChampionMoved
 from orchestrator.gate import HOLD, PROMOTE
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
@@ -75,10 +75,6 @@ def run(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, onnx_mode
 
     if current != scorecard.champion_version:
         raise ChampionMoved(f"champion moved from v{scorecard.champion_version} to v{current} during the cycle")
-    # register() has loaded and run this version through MLflow; check the answers too.
-    got = ctx.registry.load_test(name, version, sample)
-    if got.shape[0] != len(sample):
-        raise RegistryError(f"v{version} answered {got.shape} for {len(sample)} inputs; not promoting it")
     if current is not None:
         ctx.registry.set_alias(name, PREVIOUS, current)
     ctx.registry.set_alias(name, CHAMPION, version)
