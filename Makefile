@@ -8,7 +8,7 @@ export PLASTER_HOME ?= $(CURDIR)/.plaster
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-unit clean-home
+.PHONY: setup demo test test-unit bench-gate clean-home
 
 setup: $(STAMP)
 
@@ -32,6 +32,8 @@ test: setup
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
+bench-gate: setup
+	$(BIN)/python benchmarks/gate_quality.py
 
 clean-home:
 	rm -rf $(PLASTER_HOME)

@@ -42,8 +42,9 @@ class QuarantinedShard:
 
 
 @dataclass(frozen=True)
-class ChampionRef:
-    """The live model a cycle warm-starts from and is judged against."""
+class VersionRef:
+    """A registered version downloaded to this machine: the champion a cycle warm-starts
+    from and is judged against, or a version `plaster gate` re-validates."""
 
     version: str
     run_id: str
@@ -64,8 +65,9 @@ class Snapshot:
     holdout_new_rows: int
     golden_rows: int
     learned: tuple[str, ...]  # shard hashes the candidate will have learned from (cumulative lineage)
-    champion: ChampionRef | None
+    champion: VersionRef | None
     skip_reason: str | None = None
+    slices: dict[str, str] = field(default_factory=dict)  # fixed holdout slices (golden, data.slices) -> npz
 
     @property
     def oldest_arrival(self) -> float | None:
@@ -120,7 +122,8 @@ class EngineSet:
 
 @dataclass(frozen=True)
 class Figure:
-    """One measured figure; `ci` is (low, high) when the measurement gives one."""
+    """One measured figure; `ci` is (low, high) when the measurement gives one. A figure
+    that could not be measured has value None and says why in `note`."""
 
     value: float | None
     ci: tuple[float, float] | None = None
@@ -128,14 +131,76 @@ class Figure:
 
 
 @dataclass(frozen=True)
+class LatencyAt:
+    batch: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    calls: int
+    p99_ci: tuple[float, float] | None = None  # distribution-free (binomial order statistics)
+
+
+@dataclass(frozen=True)
+class ThroughputAt:
+    batch: int
+    p99_ms: float
+    samples_per_s: float  # batch / mean seconds per call: what a saturated server sustains
+    within_sla: bool
+
+
+@dataclass(frozen=True)
 class EngineScore:
     backend: str
     precision: str
-    accuracy: dict[str, Figure]  # slice -> accuracy
-    latency_p50_ms: Figure
-    latency_p99_ms: Figure
-    throughput_per_s: Figure
+    accuracy: dict[str, Figure]  # slice -> accuracy with a Wilson interval
+    latency: tuple[LatencyAt, ...]  # one per validate.latency_batches
+    throughput: Figure  # PLASTER's T: the most samples/s whose p99 meets the SLA
+    sweep: tuple[ThroughputAt, ...]  # the batch-size sweep it came from
+    energy_j_per_1k: Figure  # value None when there is no counter; note says why
     size_bytes: int
+
+    @property
+    def p50_ms(self) -> float:
+        """p50 at the first latency batch: what 'fastest' means in the precision choice."""
+        return self.latency[0].p50_ms
+
+
+@dataclass(frozen=True)
+class AccuracyDiff:
+    """Candidate minus champion accuracy on one slice, paired on identical examples."""
+
+    slice: str
+    n: int
+    candidate: float
+    champion: float
+    diff: float
+    ci: tuple[float, float]  # paired bootstrap
+    candidate_only: int  # McNemar's b: examples only the candidate gets right
+    champion_only: int  # McNemar's c
+    mcnemar_p: float  # exact, two-sided
+
+
+@dataclass(frozen=True)
+class LatencyRatio:
+    """Candidate/champion latency at one batch size from interleaved rounds."""
+
+    batch: int
+    ratio: float  # median of per-round ratios of medians
+    ci: tuple[float, float]  # distribution-free (binomial order statistics)
+    rounds: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    accuracy: tuple[AccuracyDiff, ...]
+    latency: tuple[LatencyRatio, ...]
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    param_count: int
+    flops_per_sample: int
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,6 +208,7 @@ class Verdict:
     rule: str
     verdict: str  # PASS | FAIL | NOT_MEASURED
     reason: str
+    required: bool = False  # NOT_MEASURED on a required rule holds the candidate
 
 
 @dataclass(frozen=True)
@@ -151,11 +217,16 @@ class Scorecard:
     champion: EngineScore | None  # the champion's served engine, measured beside the candidate
     chosen: EngineScore  # the candidate engine that would be served
     chosen_reason: str
+    comparison: Comparison | None  # chosen vs champion, paired; None without a champion
     champion_version: str | None
     machine: str
+    confidence: float
     verdicts: tuple[Verdict, ...]
     decision: str  # PROMOTE | REJECT | HOLD
-    param_count: int
+    size: ModelSize  # of the candidate's FP32 model
+    champion_size: ModelSize | None
+    rate: dict[str, Any]  # P and R: epochs, samples trained, seconds per stage so far
+    candidate_version: str | None = None  # set when `plaster gate` re-validates a registered version
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@ ray, mlflow) load only inside commands that need them, so --help answers at once
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -67,6 +69,36 @@ def simulate(pipeline: Path, shards: int = typer.Option(4, help="how many shards
 
     paths = _guard(lambda: api.simulate(pipeline, shards, shuffle_labels))
     console.print(f"wrote {len(paths)} shard(s): " + ", ".join(p.name for p in paths))
+
+
+GATE_EXIT = {"PROMOTE": 0, "REJECT": 1, "HOLD": 2}
+
+
+@app.command()
+def gate(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.yaml + model.py)"),
+         candidate: Optional[str] = typer.Option(None, help="registered version to judge (default: challenger, else newest)"),
+         as_json: bool = typer.Option(False, "--json", help="print the whole scorecard as JSON")):
+    """Re-validate a registered version against the champion; exit 0 PROMOTE, 1 REJECT, 2 HOLD or error."""
+    from orchestrator import api, render
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        if as_json:
+            # stdout carries only the JSON: MLflow prints "View run ..." lines when a run ends.
+            with contextlib.redirect_stdout(sys.stderr):
+                out = api.gate(pipeline, candidate)
+        else:
+            with console.status("judging…") as spinner:
+                out = api.gate(pipeline, candidate, say=lambda m: spinner.update(m))
+    except Exception as e:  # a CI gate must never read an error as REJECT
+        err.print(f"[red]error:[/] {e}" if isinstance(e, PlasterError) else f"[red]error:[/] {type(e).__name__}: {e}")
+        raise typer.Exit(2)
+    if as_json:
+        print(json.dumps(out, indent=2))
+    else:
+        render.scorecard(console, out["scorecard"])
+        console.print(f"scorecard logged to MLflow run {out['run_id']} ({out['tracking_uri']}); files in {out['files']}")
+    raise typer.Exit(GATE_EXIT[out["decision"]])
 
 
 @app.command("validate-config")

@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.errors import ConfigError
 
@@ -47,6 +47,7 @@ class LabelConfig(_Strict):
 class DataConfig(_Strict):
     source: str = Field(description="folder of Parquet shards; ${PLASTER_HOME} and env vars expand")
     golden: str | None = Field(None, description="Parquet file: fixed holdout of the original distribution")
+    slices: dict[str, str] = Field(default_factory=dict, description="more named holdout Parquet files to judge on")
     features: FeaturesConfig
     label: LabelConfig
 
@@ -88,28 +89,55 @@ class BuildConfig(_Strict):
 
 
 class ValidateConfig(_Strict):
-    latency_batch: int = Field(1, ge=1)
-    throughput_batch: int = Field(64, ge=1)
-    rounds: int = Field(30, ge=3, description="interleaved A/B rounds per engine")
+    latency_batches: tuple[int, ...] = Field((1, 64), min_length=1, description="p50/p95/p99 at each batch size")
+    throughput_batches: tuple[int, ...] = Field((1, 8, 32, 128, 512), min_length=1,
+                                                description="the batch-size sweep for throughput within the SLA")
+    rounds: int = Field(30, ge=6, description="interleaved A/B rounds per engine (>= 6 for a 95% CI of the ratio)")
+    calls_per_round: int = Field(10, ge=1)
+    warmup: int = Field(20, ge=0, description="untimed calls per engine first")
+    energy_seconds: float = Field(1.0, gt=0, description="length of the energy run where a counter exists")
     max_precision_drop: float = Field(0.01, ge=0, description="accuracy a lower precision may lose vs FP32")
+
+    @field_validator("latency_batches", "throughput_batches")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b < 1 for b in v):
+            raise ValueError("batch sizes must be positive integers")
+        return v
+
+
+# Rules a gate can apply; `required` names them (the part before any '.' or '@').
+RULES = ("accuracy_min", "non_inferiority", "superiority", "latency_p99_ms_max", "latency_ratio_max",
+         "throughput_min", "size_bytes_max", "energy_j_per_1k_max")
 
 
 class GateConfig(_Strict):
-    accuracy_min: dict[str, float] = Field(default_factory=lambda: {"golden": 0.8, "new": 0.8})
-    accuracy_vs_champion: dict[str, float] = Field(
-        default_factory=lambda: {"golden": -0.02, "new": 0.0},
-        description="candidate minus champion accuracy must be >= this, per slice",
-    )
-    latency_p99_ms_max: float | None = 10.0
-    latency_p50_ratio_max: float | None = 1.5
+    """Each rule's semantics is fixed and documented; the gate never guesses."""
 
-    @model_validator(mode="after")
-    def _slices(self) -> "GateConfig":
-        for key in ("accuracy_min", "accuracy_vs_champion"):
-            for slice_name in getattr(self, key):
-                if slice_name not in ("golden", "new"):
-                    raise ValueError(f"{key}: unknown slice {slice_name!r}; use 'golden' or 'new'")
-        return self
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="two-sided confidence of every interval")
+    accuracy_min: dict[str, float] = Field(default_factory=lambda: {"golden": 0.8, "new": 0.8},
+                                           description="slice -> the candidate's accuracy (point estimate) >= this")
+    non_inferiority: dict[str, float] = Field(
+        default_factory=lambda: {"golden": 0.05, "new": 0.02},
+        description="slice -> margin: the CI's lower bound of candidate - champion accuracy >= -margin",
+    )
+    superiority: tuple[str, ...] = Field((), description="slices where the CI's lower bound of candidate - champion > 0")
+    latency_p99_ms_max: float | None = Field(10.0, gt=0, description="the SLA: p99 at every latency batch <= this")
+    latency_ratio_max: float | None = Field(
+        1.10, gt=0, description="candidate/champion p50 at every latency batch: FAIL when the CI's lower bound > this",
+    )
+    throughput_min: float | None = Field(None, gt=0, description="samples/s within the SLA >= this")
+    size_bytes_max: int | None = Field(None, gt=0, description="served engine bytes <= this")
+    energy_j_per_1k_max: float | None = Field(None, gt=0, description="joules per 1,000 inferences <= this")
+    required: tuple[str, ...] = Field((), description="rules that HOLD the candidate when NOT_MEASURED")
+
+    @field_validator("required")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for r in v:
+            if r not in RULES:
+                raise ValueError(f"unknown rule {r!r}; use one of {', '.join(RULES)}")
+        return v
 
 
 class PipelineConfig(_Strict):
@@ -156,6 +184,13 @@ class Pipeline:
         g = self.config.data.golden
         return Path(_expand(g, "data.golden")) if g else None
 
+    @property
+    def slice_files(self) -> dict[str, Path]:
+        """The fixed holdout slices by name: golden (if set) and data.slices."""
+        out = {"golden": self.golden} if self.golden else {}
+        out.update({k: Path(_expand(v, f"data.slices.{k}")) for k, v in self.config.data.slices.items()})
+        return out
+
     def module(self, filename: str = "model.py") -> ModuleType:
         return load_module(self.folder / filename)
 
@@ -177,13 +212,33 @@ def load_module(path: Path) -> ModuleType:
     return module
 
 
-def _format(err: ValidationError, yaml_path: Path) -> str:
-    lines = [f"{yaml_path}: {err.error_count()} error(s); fix these keys:"]
+def _slice_errors(raw: dict) -> list[str]:
+    """Gate rules naming a slice that does not exist. Checked on the raw YAML so these are
+    reported together with every other error."""
+    data, gate = raw.get("data") or {}, raw.get("gate") or {}
+    if not isinstance(data, dict) or not isinstance(gate, dict):
+        return []
+    known = {"new", "golden", *(data.get("slices") or {})}
+    out = []
+    for key in ("accuracy_min", "non_inferiority", "superiority"):
+        for name in gate.get(key) or ():
+            if name not in known:
+                out.append(f"  - gate.{key}: unknown slice {name!r}; use one of {', '.join(sorted(known))} "
+                           "(name more slices under data.slices)")
+    return out
+
+
+def _format(errors: list[str], yaml_path: Path) -> str:
+    return "\n".join([f"{yaml_path}: {len(errors)} error(s); fix these keys:", *errors])
+
+
+def _field_errors(err: ValidationError) -> list[str]:
+    out = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = "unknown key (check the spelling against the README's pipeline format)" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  - {key}: {msg}")
-    return "\n".join(lines)
+        out.append(f"  - {key}: {msg}")
+    return out
 
 
 def load_pipeline(folder: str | Path) -> Pipeline:
@@ -202,10 +257,13 @@ def load_pipeline(folder: str | Path) -> Pipeline:
         raise ConfigError(f"{yaml_path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{yaml_path}: the top level must be a mapping of keys (name, data, train, ...)")
+    errors = _slice_errors(raw)
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format(e, yaml_path)) from None
+        errors = _field_errors(e) + errors
+    if errors:
+        raise ConfigError(_format(errors, yaml_path))
     pipeline = Pipeline(folder.resolve(), config)
     if not pipeline.model_file.is_file():
         raise ConfigError(f"{pipeline.model_file} not found: define build_model() -> torch.nn.Module there")

@@ -41,7 +41,7 @@ def _call(name: str, ctx: StageContext, o: dict[str, Any]) -> Any:
     if name == "build":
         return build.run(ctx, o["ingest"], o["export"])
     if name == "validate":
-        return validate.run(ctx, o["ingest"], o["build"])
+        return validate.run(ctx, o["ingest"], o["train"], o["build"])
     return promote.run(ctx, o["ingest"], o["train"], o["export"], o["build"], o["validate"])
 
 
@@ -151,6 +151,23 @@ class Cycle:
         promotion: Promotion = outputs["promote"]
         return self._decide(promotion.decision, list(promotion.reasons), outputs)
 
+    def _publish_scorecard(self, sc: Scorecard) -> None:
+        """scorecard.json/.md and its plots on the cycle's run (the registered version's
+        source run), with the cycle's final P and R figures."""
+        from orchestrator import scorecard
+        from orchestrator.stages.validate import Raw
+
+        rec = self.record
+        rate = {"cycle_time_s": rec["cycle_time_s"], "data_to_live_s": rec["data_to_live_s"],
+                **{f"stage_{n}_s": s["seconds"] for n, s in rec["stages"].items()}}
+        raw_file = self.ctx.folder / "validate" / "raw.npz"
+        try:
+            scorecard.publish(self.registry, rec["run_id"], sc, Raw.load(raw_file) if raw_file.exists() else None,
+                              self.ctx.folder / "scorecard", rate)
+        except Exception as e:  # the decision stands; a missing plot must not undo it
+            rec["publish_error"] = f"{type(e).__name__}: {e}"
+            self.ctx.log.warning("could not publish the scorecard to MLflow: %s", e)
+
     def _fail(self, stage: str, e: Exception) -> NoReturn:
         self.record["state"] = records.FAILED
         self.record["error"] = {"stage": stage, "type": type(e).__name__, "message": str(e)}
@@ -177,6 +194,8 @@ class Cycle:
             metrics["data_to_live_s"] = rec["data_to_live_s"]
         self.registry.log_metrics(rec["run_id"], metrics)
         self.registry.set_tags(rec["run_id"], {"plaster.decision": decision, "plaster.reasons": "; ".join(reasons)[:5000]})
+        if "validate" in outputs:
+            self._publish_scorecard(outputs["validate"])
         self._persist()
         self.registry.end_run(rec["run_id"], "FINISHED")
         return rec

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.artifacts import ChampionRef
+from orchestrator.artifacts import VersionRef
 from orchestrator.errors import RegistryError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -54,8 +54,11 @@ class MlflowRegistry:
         return self.client.create_experiment(name, artifact_location=location)
 
     def start_cycle_run(self, pipeline: str, cycle_id: str, tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id(pipeline), run_name=cycle_id,
-                                     tags={"plaster.cycle_id": cycle_id, "plaster.pipeline": pipeline, **tags})
+        return self.start_run(pipeline, cycle_id, {"plaster.cycle_id": cycle_id, **tags})
+
+    def start_run(self, pipeline: str, run_name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id(pipeline), run_name=run_name,
+                                     tags={"plaster.pipeline": pipeline, **tags})
         return run.info.run_id
 
     def reopen_run(self, run_id: str) -> None:
@@ -110,11 +113,28 @@ class MlflowRegistry:
         for k, v in tags.items():
             self.client.set_model_version_tag(model, str(version), k, v)
 
-    def champion(self, model: str, download_to: Path) -> ChampionRef | None:
+    def champion(self, model: str, download_to: Path) -> VersionRef | None:
         version = self.alias(model, "champion")
-        if version is None:
-            return None
-        mv = self.client.get_model_version(model, version)
+        return None if version is None else self.fetch(model, version, download_to)
+
+    def latest_version(self, model: str) -> str | None:
+        try:
+            versions = self.client.search_model_versions(f"name='{model}'")
+        except Exception as e:
+            if _not_found(e):
+                return None
+            raise RegistryError(f"MLflow at {self.tracking_uri} failed to list versions of {model}: {e}") from None
+        return max((str(mv.version) for mv in versions), key=int, default=None)
+
+    def fetch(self, model: str, version: str, download_to: Path) -> VersionRef:
+        """Download a version's plaster bundle (weights, variants, engine, manifest) once."""
+        try:
+            mv = self.client.get_model_version(model, str(version))
+        except Exception as e:
+            if _not_found(e):
+                raise RegistryError(f"{model} has no version {version} in MLflow at {self.tracking_uri}; "
+                                    f"`plaster status` lists the versions cycles registered") from None
+            raise RegistryError(f"MLflow at {self.tracking_uri} failed to read {model} v{version}: {e}") from None
         folder = download_to / f"v{version}"
         if not (folder / "manifest.json").exists():
             tmp = download_to / f".v{version}.download"
@@ -124,15 +144,15 @@ class MlflowRegistry:
                 self.client.download_artifacts(mv.run_id, "plaster", str(tmp))
             except Exception as e:
                 raise RegistryError(f"cannot download the artifacts of {model} v{version} (run {mv.run_id}): {e}; "
-                                    f"it may not have been registered by plaster: `plaster rollback {model} --to VERSION`") from None
+                                    f"it may not have been registered by plaster (its run has no plaster/ bundle)") from None
             shutil.rmtree(folder, ignore_errors=True)
             (tmp / "plaster").rename(folder)
             shutil.rmtree(tmp, ignore_errors=True)
         manifest = json.loads((folder / "manifest.json").read_text())
-        return ChampionRef(version=version, run_id=mv.run_id, folder=str(folder),
+        return VersionRef(version=version, run_id=mv.run_id, folder=str(folder),
                            precision=manifest["precision"], backend=manifest["backend"])
 
-    def lineage(self, champion: ChampionRef) -> list[str]:
+    def lineage(self, champion: VersionRef) -> list[str]:
         return json.loads((Path(champion.folder) / "lineage.json").read_text())["learned"]
 
     def _version_of_cycle(self, model: str, cycle_id: str) -> str | None:

@@ -17,35 +17,61 @@ def _num(v: float | None, fmt: str = "{:.3f}") -> str:
     return "—" if v is None else fmt.format(v)
 
 
+def _ci_pp(ci) -> str:
+    return f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
 def scorecard(console: Console, sc: dict[str, Any]) -> None:
-    cand, champ = sc["chosen"], sc["champion"]
-    t = Table(title=f"Scorecard: candidate ({cand['backend']} {cand['precision']}) vs champion "
-                    f"{'v' + sc['champion_version'] if sc['champion_version'] else '(none)'}")
+    cand, champ, cmp = sc["chosen"], sc["champion"], sc["comparison"]
+    who = f"v{sc['candidate_version']}" if sc.get("candidate_version") else "candidate"
+    t = Table(title=f"PLASTER scorecard: {who} ({cand['backend']} {cand['precision']}) vs champion "
+                    f"{'v' + sc['champion_version'] if sc['champion_version'] else '(none)'}; "
+                    f"{100 * sc['confidence']:g}% CIs")
+    t.add_column("", no_wrap=True)
     t.add_column("metric")
     t.add_column("candidate", justify="right")
     t.add_column("champion", justify="right")
-    t.add_column("Δ", justify="right")
-    for s in sorted(cand["accuracy"]):
-        a = cand["accuracy"][s]["value"]
-        b = champ["accuracy"][s]["value"] if champ else None
-        t.add_row(f"accuracy ({s})", _pct(a), _pct(b), "" if b is None else f"{100 * (a - b):+.1f} pp")
-    for key, label in (("latency_p50_ms", "latency p50 (ms)"), ("latency_p99_ms", "latency p99 (ms)"),
-                       ("throughput_per_s", "throughput (/s)")):
-        a = cand[key]["value"]
-        b = champ[key]["value"] if champ else None
-        fmt = "{:,.0f}" if key == "throughput_per_s" else "{:.3f}"
-        t.add_row(label, _num(a, fmt), _num(b, fmt), "" if b is None else f"{a / b:.2f}x")
-    t.add_row("size (bytes)", f"{cand['size_bytes']:,}", f"{champ['size_bytes']:,}" if champ else "—", "")
+    t.add_column("difference [CI]", justify="right")
+    diffs = {d["slice"]: d for d in cmp["accuracy"]} if cmp else {}
+    for s in cand["accuracy"]:
+        a, b, d = cand["accuracy"][s], (champ["accuracy"].get(s) if champ else None), diffs.get(s)
+        delta = f"{100 * d['diff']:+.1f} pp {_ci_pp(d['ci'])}" if d else ""
+        t.add_row("A", f"accuracy {s} (n={a['note'][2:] if a['note'].startswith('n=') else '?'})", _pct(a["value"]),
+                  _pct(b["value"] if b else None), delta)
+    ratios = {r["batch"]: r for r in cmp["latency"]} if cmp else {}
+    champ_lat = {x["batch"]: x for x in champ["latency"]} if champ else {}
+    for lat in cand["latency"]:
+        b, r = lat["batch"], ratios.get(lat["batch"])
+        c = champ_lat.get(b)
+        t.add_row("L", f"p50 / p99 ms, batch {b}", f"{lat['p50_ms']:.3f} / {lat['p99_ms']:.3f}",
+                  f"{c['p50_ms']:.3f} / {c['p99_ms']:.3f}" if c else "—",
+                  f"{r['ratio']:.2f}x [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]" if r else "")
+    t.add_row("S", "engine bytes", f"{cand['size_bytes']:,}", f"{champ['size_bytes']:,}" if champ else "—", "")
+    cs = sc["champion_size"]
+    t.add_row("S", "params / FLOPs per sample", f"{sc['size']['param_count']:,} / {sc['size']['flops_per_sample']:,}",
+              f"{cs['param_count']:,} / {cs['flops_per_sample']:,}" if cs else "—", "")
+    thr = cand["throughput"]
+    t.add_row("T", "samples/s within SLA", _num(thr["value"], "{:,.0f}"),
+              _num(champ["throughput"]["value"], "{:,.0f}") if champ else "—", thr["note"])
+    e = cand["energy_j_per_1k"]
+    t.add_row("E", "J per 1,000 inferences", _num(e["value"], "{:.4g}") if e["value"] is not None else "not measured",
+              _num(champ["energy_j_per_1k"]["value"], "{:.4g}") if champ else "—", "")
+    rate = sc.get("rate") or {}
+    if rate:
+        t.add_row("R", "epochs / samples trained", f"{rate.get('epochs', '—')} / {rate.get('samples_trained', '—')}",
+                  "", f"warm start from v{rate['warm_started_from']}" if rate.get("warm_started_from") else "")
     console.print(t)
+    if e["value"] is None:
+        console.print(f"E: {e['note']}")
     p = Table(title="Precisions built (candidate; ◀ = served)")
     p.add_column("engine", no_wrap=True)
-    for col in ("acc golden", "acc new", "p50 ms", "p99 ms", "samples/s", "bytes", ""):
+    slices = list(cand["accuracy"])
+    for col in (*(f"acc {s}" for s in slices), "p50 ms", "samples/s", "bytes", ""):
         p.add_column(col, justify="right")
     for e in sc["candidate"]:
         chosen = e["backend"] == cand["backend"] and e["precision"] == cand["precision"]
-        p.add_row(f"{e['backend']} {e['precision']}", _pct(e["accuracy"].get("golden", {}).get("value")),
-                  _pct(e["accuracy"]["new"]["value"]), _num(e["latency_p50_ms"]["value"]),
-                  _num(e["latency_p99_ms"]["value"]), f"{e['throughput_per_s']['value']:,.0f}",
+        p.add_row(f"{e['backend']} {e['precision']}", *(_pct(e["accuracy"][s]["value"]) for s in slices),
+                  _num(e["latency"][0]["p50_ms"]), _num(e["throughput"]["value"], "{:,.0f}"),
                   f"{e['size_bytes']:,}", "◀" if chosen else "")
     console.print(p)
     console.print(f"chosen: {sc['chosen_reason']}")
@@ -55,7 +81,8 @@ def scorecard(console: Console, sc: dict[str, Any]) -> None:
     g.add_column("reason", overflow="fold")
     colour = {"PASS": "green", "FAIL": "red", "NOT_MEASURED": "yellow"}
     for v in sc["verdicts"]:
-        g.add_row(v["rule"], f"[{colour[v['verdict']]}]{v['verdict']}[/]", v["reason"])
+        req = " (required)" if v.get("required") else ""
+        g.add_row(v["rule"], f"[{colour[v['verdict']]}]{v['verdict']}[/]{req}", v["reason"])
     console.print(g)
 
 

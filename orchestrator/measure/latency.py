@@ -1,39 +1,55 @@
-"""Latency and throughput of several engines measured interleaved (A B C A B C ...) after
+"""Latency and throughput of several engines measured interleaved (A B C, C B A, ...) after
 a warm-up, so a noisy neighbour slows every engine alike instead of whichever ran then."""
 
 from __future__ import annotations
 
 import time
-
 import numpy as np
 
+from orchestrator.artifacts import ThroughputAt
 from orchestrator.engines import Runner
 
 
 def interleaved(runners: dict[str, Runner], x: np.ndarray, rounds: int, calls_per_round: int = 10,
                 warmup: int = 5) -> dict[str, np.ndarray]:
-    """Seconds per call for each runner, `rounds * calls_per_round` samples each."""
+    """Seconds per call for each runner, shaped (rounds, calls_per_round): rounds stay
+    separate so candidate and champion can be paired round by round."""
     x = np.ascontiguousarray(x)
     for r in runners.values():
         for _ in range(warmup):
             r(x)
-    samples: dict[str, list[float]] = {k: [] for k in runners}
+    samples = {k: np.empty((rounds, calls_per_round)) for k in runners}
     names = list(runners)
+    clock = time.perf_counter
     for i in range(rounds):
         # Alternate the order each round so neither engine always runs first.
         for name in (names if i % 2 == 0 else names[::-1]):
-            run = runners[name]
-            for _ in range(calls_per_round):
-                t0 = time.perf_counter()
+            run, row = runners[name], samples[name][i]
+            for j in range(calls_per_round):
+                t0 = clock()
                 run(x)
-                samples[name].append(time.perf_counter() - t0)
-    return {k: np.asarray(v) for k, v in samples.items()}
+                row[j] = clock() - t0
+    return samples
 
 
 def percentile_ms(seconds: np.ndarray, q: float) -> float:
     return float(np.percentile(seconds, q) * 1e3)
 
 
-def throughput(seconds_per_call: np.ndarray, batch: int) -> float:
-    """Samples per second at the median call time."""
-    return float(batch / np.median(seconds_per_call))
+def sweep(runners: dict[str, Runner], pool: np.ndarray, batches: tuple[int, ...], sla_ms: float | None,
+          rounds: int = 10, calls_per_round: int = 5) -> dict[str, list[ThroughputAt]]:
+    """Throughput at each batch size, interleaved like latency, with the p99 that came with it."""
+    out: dict[str, list[ThroughputAt]] = {k: [] for k in runners}
+    for b in batches:
+        x = np.resize(pool, (b, *pool.shape[1:])).astype(pool.dtype)
+        s = interleaved(runners, x, rounds=rounds, calls_per_round=calls_per_round, warmup=2)
+        for k, sec in s.items():
+            p99 = percentile_ms(sec, 99)
+            out[k].append(ThroughputAt(b, p99, float(b / sec.mean()), sla_ms is None or p99 <= sla_ms))
+    return out
+
+
+def best_within_sla(points: list[ThroughputAt]) -> ThroughputAt | None:
+    """PLASTER's throughput: the most samples/s at a batch size whose p99 meets the SLA."""
+    ok = [p for p in points if p.within_sla]
+    return max(ok, key=lambda p: p.samples_per_s) if ok else None

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from orchestrator.artifacts import Engine, EngineSet, OnnxModel, Snapshot, Variant, sha256_file
+from orchestrator.artifacts import Engine, EngineSet, OnnxModel, Snapshot, Variant, VersionRef, sha256_file
 from orchestrator.context import StageContext
 from orchestrator.dataset import load_arrays
 from orchestrator.engines import ENGINE_SUFFIX, Backend, backend
@@ -45,7 +45,7 @@ def build_engine(ctx: StageContext, b: Backend, variant: Variant) -> Engine:
     t0 = time.perf_counter()
     try:
         b.build(Path(variant.path), tmp, input_name=_input_name(variant.path), sample_shape=tuple(cfg.data.features.shape),
-                max_batch=cfg.build.max_batch, opt_batch=cfg.validate_.throughput_batch,
+                max_batch=cfg.build.max_batch, opt_batch=max(cfg.validate_.latency_batches),
                 timing_cache=ctx.workspace.engine_cache / f"{b.name}.timing-cache")
     except EngineBuildError:
         raise
@@ -74,8 +74,16 @@ def run(ctx: StageContext, snapshot: Snapshot, onnx_model: OnnxModel) -> EngineS
             tmp.rename(out)
         made.append(Variant(precision, str(out), sha256_file(out)))
 
+    backends, skipped = available_backends(ctx.pipeline.config.build.backends)
+    candidate = engines_for(ctx, backends, made)
+    champion = engines_for(ctx, backends, [champion_variant(snapshot.champion)]) if snapshot.champion else []
+    return EngineSet(variants=tuple(made), candidate=tuple(candidate), champion=tuple(champion), skipped_backends=skipped)
+
+
+def available_backends(names: tuple[str, ...]) -> tuple[list[Backend], dict[str, str]]:
+    """The configured backends that can run here, and why the others cannot."""
     backends, skipped = [], {}
-    for name in cfg.backends:
+    for name in names:
         b = backend(name)
         reason = b.unavailable_reason()
         if reason:
@@ -84,22 +92,22 @@ def run(ctx: StageContext, snapshot: Snapshot, onnx_model: OnnxModel) -> EngineS
             backends.append(b)
     if not backends:
         raise EngineBuildError(f"no engine backend can run here ({skipped}); add onnxruntime to build.backends")
+    return backends, skipped
 
-    candidate = []
+
+def engines_for(ctx: StageContext, backends: list[Backend], variants: list[Variant]) -> list[Engine]:
+    out = []
     for b in backends:
-        for v in made:
+        for v in variants:
             ctx.say(f"building {b.name} {v.precision} engine")
-            candidate.append(build_engine(ctx, b, v))
+            out.append(build_engine(ctx, b, v))
+    return out
 
-    champion = []
-    champ = snapshot.champion
-    if champ is not None:
-        path = Path(champ.folder) / "variants" / f"{champ.precision}.onnx"
-        if not path.exists():
-            raise EngineBuildError(f"champion v{champ.version} has no {champ.precision} variant at {path}; "
-                                   "re-register it or roll back to a version plaster registered")
-        v = Variant(champ.precision, str(path), sha256_file(path))
-        for b in backends:
-            champion.append(build_engine(ctx, b, v))
-    return EngineSet(variants=tuple(made), candidate=tuple(candidate), champion=tuple(champion), skipped_backends=skipped)
 
+def champion_variant(champ: VersionRef) -> Variant:
+    """The variant a registered version is served at, from its downloaded bundle."""
+    path = Path(champ.folder) / "variants" / f"{champ.precision}.onnx"
+    if not path.exists():
+        raise EngineBuildError(f"v{champ.version} has no {champ.precision} variant at {path}; "
+                               "re-register it or roll back to a version plaster registered")
+    return Variant(champ.precision, str(path), sha256_file(path))

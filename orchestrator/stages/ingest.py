@@ -96,22 +96,25 @@ def run(ctx: StageContext) -> Snapshot:
 
     save_arrays(ctx.path("snapshot", "train.npz"), x_train, y_train)
     save_arrays(ctx.path("snapshot", "holdout_new.npz"), x_new[hold], y_new[hold])
-    golden_file, golden_rows = None, 0
-    if ctx.pipeline.golden is not None:
+    slices: dict[str, str] = {}
+    golden_rows = 0
+    for name, path in ctx.pipeline.slice_files.items():
         try:
-            gx, gy = read_shard(ctx.pipeline.golden, cfg.data)
+            sx, sy = read_shard(path, cfg.data)
         except (ShardInvalid, FileNotFoundError) as e:
-            raise DataError(f"golden holdout {ctx.pipeline.golden} is unusable ({e}): fix data.golden") from None
-        golden_file = str(ctx.path("snapshot", "golden.npz"))
-        save_arrays(Path(golden_file), gx, gy)
-        golden_rows = len(gy)
+            key = "data.golden" if name == "golden" else f"data.slices.{name}"
+            raise DataError(f"holdout slice '{name}' at {path} is unusable ({e}): fix {key}") from None
+        slices[name] = str(ctx.path("snapshot", f"{name}.npz"))
+        save_arrays(Path(slices[name]), sx, sy)
+        golden_rows = len(sy) if name == "golden" else golden_rows
 
     return Snapshot(
         **common,
         replay_rows=replay_rows,
         train_file=str(ctx.path("snapshot", "train.npz")),
         holdout_new_file=str(ctx.path("snapshot", "holdout_new.npz")),
-        golden_file=golden_file,
+        golden_file=slices.get("golden"),
+        slices=slices,
         train_rows=len(y_train),
         holdout_new_rows=n_hold,
         golden_rows=golden_rows,

@@ -19,7 +19,7 @@ from orchestrator.artifacts import (Checkpoint, EngineSet, OnnxModel, Promotion,
 from orchestrator.context import StageContext
 from orchestrator.dataset import load_arrays
 from orchestrator.errors import ChampionMoved
-from orchestrator.gate import HOLD, PROMOTE
+from orchestrator.gate import HOLD, PROMOTE, hold_reasons
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 
@@ -45,6 +45,9 @@ def _bundle(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, engin
     (folder / "lineage.json").write_text(json.dumps({"learned": list(snapshot.learned),
                                                      "new": [s.sha256 for s in snapshot.new_shards]}, indent=2))
     (folder / "scorecard.json").write_text(json.dumps(to_dict(scorecard), indent=2))
+    # The examples this version was judged on, so `plaster gate` can judge it again on them.
+    (folder / "holdout").mkdir()
+    shutil.copy(snapshot.holdout_new_file, folder / "holdout" / "new.npz")
     return folder
 
 
@@ -68,7 +71,8 @@ def run(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, onnx_mode
 
     if scorecard.decision == HOLD:
         ctx.registry.set_version_tags(name, version, {"plaster.awaiting_approval": "true"})
-        return Promotion("HELD", version, current, current, time.time(), reasons + ("promotion: manual; awaiting approval",))
+        held = tuple(hold_reasons(list(scorecard.verdicts), ctx.pipeline.config.promotion))
+        return Promotion("HELD", version, current, current, time.time(), reasons + held)
     if scorecard.decision != PROMOTE:
         ctx.registry.delete_alias(name, CHALLENGER)
         return Promotion("REJECTED", version, current, current, time.time(), reasons)

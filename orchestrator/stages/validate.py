@@ -1,96 +1,197 @@
 """validate: every candidate engine and the champion's engine on the same examples, on the
-same machine, interleaved; the precision choice; the gate's verdicts.
+same machine, interleaved; the paired statistics; the precision choice; the gate's verdicts.
 
-Only measures and judges. Never registers or moves an alias.
+Only measures and judges. Never registers or moves an alias. The raw samples (per-call
+latencies, per-example correctness) are saved beside the scorecard for its plots.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from orchestrator import gate
-from orchestrator.artifacts import Engine, EngineScore, EngineSet, Figure, Scorecard, Snapshot
+from orchestrator.artifacts import (Checkpoint, Comparison, Engine, EngineScore, EngineSet, Figure, LatencyAt,
+                                    LatencyRatio, ModelSize, Scorecard, Snapshot)
+from orchestrator.config import PipelineConfig, ValidateConfig
 from orchestrator.context import StageContext
 from orchestrator.dataset import load_arrays
-from orchestrator.engines import load_runner
-from orchestrator.measure import accuracy, latency
+from orchestrator.engines import Runner, load_runner
+from orchestrator.measure import accuracy, energy, latency, size, stats
 from orchestrator.measure.hardware import fingerprint
 
 BACKEND_PREFERENCE = ("tensorrt", "onnxruntime")  # serve on the GPU when one built
+DEVICE = {"onnxruntime": "cpu", "tensorrt": "cuda:0"}  # where each backend's engines run (energy meter)
+
+Slices = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def _slices(snapshot: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+@dataclass
+class Raw:
+    """What the figures were computed from: latency[key][batch] is (rounds, calls) seconds,
+    correct[key][slice] per-example correctness."""
+
+    latency: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    correct: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        arrays = {f"lat|{k}|{b}": a for k, d in self.latency.items() for b, a in d.items()}
+        arrays.update({f"ok|{k}|{s}": a for k, d in self.correct.items() for s, a in d.items()})
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "Raw":
+        raw = cls()
+        with np.load(path) as z:
+            for name in z.files:
+                kind, key, sub = name.split("|")
+                if kind == "lat":
+                    raw.latency.setdefault(key, {})[int(sub)] = z[name]
+                else:
+                    raw.correct.setdefault(key, {})[sub] = z[name]
+        return raw
+
+
+def slices_of(snapshot: Snapshot) -> Slices:
     out = {"new": load_arrays(snapshot.holdout_new_file)}
-    if snapshot.golden_file:
-        out["golden"] = load_arrays(snapshot.golden_file)
+    for name, path in snapshot.slices.items():
+        out[name] = load_arrays(path)
     return out
 
 
-def _key(e: Engine, who: str) -> str:
+def key(e: Engine, who: str) -> str:
     return f"{who}:{e.backend}:{e.precision}"
 
 
-def measure(ctx: StageContext, engines: dict[str, Engine], slices) -> dict[str, EngineScore]:
-    cfg = ctx.pipeline.config.validate_
-    runners = {k: load_runner(e.backend, Path(e.path)) for k, e in engines.items()}
-    acc = {k: {s: Figure(float(accuracy.correct(r, x, y).mean())) for s, (x, y) in slices.items()}
-           for k, r in runners.items()}
-    x_any = next(iter(slices.values()))[0]
-    single = x_any[: cfg.latency_batch]
-    ctx.say(f"timing {len(runners)} engines interleaved, {cfg.rounds} rounds")
-    lat = latency.interleaved(runners, single, rounds=cfg.rounds)
-    batch = np.resize(x_any, (cfg.throughput_batch, *x_any.shape[1:]))
-    thr = latency.interleaved(runners, batch, rounds=max(3, cfg.rounds // 3), calls_per_round=3)
-    return {
-        k: EngineScore(
-            backend=e.backend, precision=e.precision, accuracy=acc[k],
-            latency_p50_ms=Figure(latency.percentile_ms(lat[k], 50)),
-            latency_p99_ms=Figure(latency.percentile_ms(lat[k], 99)),
-            throughput_per_s=Figure(latency.throughput(thr[k], cfg.throughput_batch), note=f"batch {cfg.throughput_batch}"),
-            size_bytes=os.path.getsize(e.path),
+def measure(runners: dict[str, Runner], slices: Slices, cfg: ValidateConfig, *, sla_ms: float | None,
+            confidence: float, sizes: dict[str, int], devices: dict[str, str],
+            say: Callable[[str], None] = lambda m: None) -> tuple[dict[str, EngineScore], Raw]:
+    """Score every runner on the same slices and the same machine, interleaved."""
+    raw = Raw()
+    for k, r in runners.items():
+        raw.correct[k] = {s: accuracy.correct(r, x, y) for s, (x, y) in slices.items()}
+    pool = next(iter(slices.values()))[0]
+    for b in cfg.latency_batches:
+        say(f"timing {len(runners)} engines at batch {b}: {cfg.rounds} interleaved rounds")
+        x = np.resize(pool, (b, *pool.shape[1:])).astype(np.float32)
+        for k, s in latency.interleaved(runners, x, cfg.rounds, cfg.calls_per_round, cfg.warmup).items():
+            raw.latency.setdefault(k, {})[b] = s
+    say(f"throughput sweep over batch sizes {list(cfg.throughput_batches)}")
+    sweep = latency.sweep(runners, pool, cfg.throughput_batches, sla_ms)
+    scores = {}
+    for k, r in runners.items():
+        best = latency.best_within_sla(sweep[k])
+        if best is None:
+            thr = Figure(None, note=f"no batch size in {list(cfg.throughput_batches)} met p99 <= {sla_ms} ms")
+        else:
+            thr = Figure(best.samples_per_s, note=f"batch {best.batch}, p99 {best.p99_ms:.3f} ms"
+                         + (f" <= {sla_ms:g} ms" if sla_ms is not None else " (no SLA set)"))
+        meter, why = energy.meter_for(devices[k])
+        batch_x = np.resize(pool, ((best.batch if best else 1), *pool.shape[1:])).astype(np.float32)
+        joules = energy.joules_per_1k(meter, why, lambda: (r(batch_x), len(batch_x))[1], cfg.energy_seconds)
+        acc = {}
+        for s, ok in raw.correct[k].items():
+            acc[s] = Figure(float(ok.mean()), stats.wilson(int(ok.sum()), len(ok), confidence), note=f"n={len(ok)}")
+        scores[k] = EngineScore(
+            backend=k.split(":")[1], precision=k.split(":")[2], accuracy=acc,
+            latency=tuple(LatencyAt(b, latency.percentile_ms(a, 50), latency.percentile_ms(a, 95),
+                                    latency.percentile_ms(a, 99), a.size,
+                                    tuple(1e3 * v for v in stats.quantile_ci(a, 0.99, confidence)))
+                          for b, a in raw.latency[k].items()),
+            throughput=thr, sweep=tuple(sweep[k]), energy_j_per_1k=joules, size_bytes=sizes[k],
         )
-        for k, e in engines.items()
-    }
+    return scores, raw
 
 
-def choose(scores: list[EngineScore], max_drop: float) -> tuple[EngineScore, str]:
-    """The fastest engine of the preferred backend whose accuracy stays within `max_drop`
-    of that backend's FP32 engine on every slice."""
+def compare(cand: str, champ: str, raw: Raw, confidence: float) -> Comparison:
+    """The chosen candidate engine vs the champion's, paired example by example and round by round."""
+    acc = tuple(stats.paired_accuracy(raw.correct[cand][s], raw.correct[champ][s], confidence, slice_name=s)
+                for s in raw.correct[cand] if s in raw.correct[champ])
+    lat = tuple(stats.latency_ratio(raw.latency[cand][b], raw.latency[champ][b], confidence, batch=b)
+                for b in raw.latency[cand])
+    return Comparison(acc, lat)
+
+
+def choose(scores: list[EngineScore], max_drop: float,
+           vs_fp32: dict[tuple[str, str], LatencyRatio] | None = None) -> tuple[EngineScore, str]:
+    """The engine to serve: of the preferred backend, the fastest precision whose accuracy
+    stays within `max_drop` of that backend's FP32 engine on every slice. With `vs_fp32`
+    (each engine's latency ratio to FP32 from the same interleaved rounds), a lower precision
+    counts as faster only when its whole interval is below 1: noise never swaps precisions."""
     backends = {s.backend for s in scores}
     name = next(b for b in BACKEND_PREFERENCE if b in backends)
     mine = [s for s in scores if s.backend == name]
     ref = next(s for s in mine if s.precision == "fp32")
     ok = [s for s in mine if all(s.accuracy[k].value >= ref.accuracy[k].value - max_drop for k in ref.accuracy)]
-    best = min(ok, key=lambda s: s.latency_p50_ms.value)
-    dropped = sorted({s.precision for s in mine} - {s.precision for s in ok})
-    reason = f"{name} {best.precision}: fastest p50 ({best.latency_p50_ms.value:.3f} ms) within {max_drop:g} accuracy of fp32"
-    if dropped:
-        reason += f"; {', '.join(dropped)} lost more accuracy than that"
+    if vs_fp32 is not None:
+        ok = [s for s in ok if s is ref or vs_fp32[(s.backend, s.precision)].ci[1] < 1.0]
+    best = min(ok, key=lambda s: s.p50_ms)
+
+    def why(s: EngineScore) -> str:
+        r = (vs_fp32 or {}).get((s.backend, s.precision))
+        text = f"{s.precision} {s.p50_ms:.3f} ms"
+        return text + (f" ({r.ratio:.2f}x fp32 [{r.ci[0]:.2f}, {r.ci[1]:.2f}])" if r and s is not ref else "")
+
+    reason = (f"{name} {best.precision}: fastest p50 at batch {best.latency[0].batch} within "
+              f"{100 * max_drop:g} pp accuracy of fp32 on every slice" + (", faster beyond its CI" if vs_fp32 else "")
+              + "; " + ", ".join(why(s) for s in mine))
+    lost = [s for s in mine if any(s.accuracy[k].value < ref.accuracy[k].value - max_drop for k in ref.accuracy)]
+    if lost:
+        reason += "; " + ", ".join(
+            f"{s.precision} lost {100 * max(ref.accuracy[k].value - s.accuracy[k].value for k in ref.accuracy):.2f} pp"
+            for s in lost)
     return best, reason
 
 
-def param_count(ctx: StageContext) -> int:
-    from orchestrator.config import load_module
-
-    return sum(p.numel() for p in load_module(ctx.pipeline.model_file).build_model().parameters())
-
-
-def run(ctx: StageContext, snapshot: Snapshot, engines: EngineSet) -> Scorecard:
-    cfg = ctx.pipeline.config
-    slices = _slices(snapshot)
-    todo = {_key(e, "candidate"): e for e in engines.candidate}
-    todo.update({_key(e, "champion"): e for e in engines.champion})
-    scores = measure(ctx, todo, slices)
-    cand_scores = [scores[_key(e, "candidate")] for e in engines.candidate]
-    chosen, why = choose(cand_scores, cfg.validate_.max_precision_drop)
-    champ = next((scores[_key(e, "champion")] for e in engines.champion if e.backend == chosen.backend), None)
-    verdicts = gate.evaluate(chosen, champ, cfg.gate)
+def judge(cfg: PipelineConfig, slices: Slices, candidate: list[Engine], champion: list[Engine],
+          champion_version: str | None, sizes: tuple[ModelSize, ModelSize | None], rate: dict[str, Any],
+          say: Callable[[str], None] = lambda m: None) -> tuple[Scorecard, Raw]:
+    """Measure candidate engines beside the champion's, choose the served precision, apply the gate."""
+    engines = {key(e, "candidate"): e for e in candidate}
+    engines.update({key(e, "champion"): e for e in champion})
+    runners = {k: load_runner(e.backend, Path(e.path)) for k, e in engines.items()}
+    scores, raw = measure(runners, slices, cfg.validate_, sla_ms=cfg.gate.latency_p99_ms_max,
+                          confidence=cfg.gate.confidence, sizes={k: Path(e.path).stat().st_size for k, e in engines.items()},
+                          devices={k: DEVICE.get(e.backend, "cpu") for k, e in engines.items()}, say=say)
+    cand_scores = [scores[key(e, "candidate")] for e in candidate]
+    b0 = cfg.validate_.latency_batches[0]
+    vs_fp32 = {(e.backend, e.precision): stats.latency_ratio(raw.latency[key(e, "candidate")][b0],
+                                                             raw.latency[f"candidate:{e.backend}:fp32"][b0],
+                                                             cfg.gate.confidence, batch=b0) for e in candidate}
+    chosen, why = choose(cand_scores, cfg.validate_.max_precision_drop, vs_fp32)
+    champ_key = next((key(e, "champion") for e in champion if e.backend == chosen.backend), None)
+    champ = scores[champ_key] if champ_key else None
+    comparison = compare(f"candidate:{chosen.backend}:{chosen.precision}", champ_key, raw,
+                         cfg.gate.confidence) if champ_key else None
+    verdicts = gate.evaluate(chosen, champ, comparison, cfg.gate)
     return Scorecard(
-        candidate=tuple(cand_scores), champion=champ, chosen=chosen, chosen_reason=why,
-        champion_version=snapshot.champion.version if snapshot.champion else None,
-        machine=fingerprint(), verdicts=tuple(verdicts), decision=gate.decide(verdicts, cfg.promotion),
-        param_count=param_count(ctx),
-    )
+        candidate=tuple(cand_scores), champion=champ, chosen=chosen, chosen_reason=why, comparison=comparison,
+        champion_version=champion_version, machine=fingerprint(), confidence=cfg.gate.confidence,
+        verdicts=tuple(verdicts), decision=gate.decide(verdicts, cfg.promotion), size=sizes[0],
+        champion_size=sizes[1], rate=rate,
+    ), raw
+
+
+def model_sizes(cfg: PipelineConfig, fp32_candidate: str, champion_folder: str | None) -> tuple[ModelSize, ModelSize | None]:
+    shape = tuple(cfg.data.features.shape)
+    champ = Path(champion_folder) / "variants" / "fp32.onnx" if champion_folder else None
+    return size.measure(fp32_candidate, shape), (size.measure(champ, shape) if champ and champ.exists() else None)
+
+
+def run(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, engines: EngineSet) -> Scorecard:
+    cfg = ctx.pipeline.config
+    fp32 = next(v.path for v in engines.variants if v.precision == "fp32")
+    rate = {
+        "epochs": checkpoint.epochs, "train_rows": snapshot.train_rows,
+        "samples_trained": checkpoint.epochs * snapshot.train_rows, "replay_rows": snapshot.replay_rows,
+        "new_rows": sum(s.rows for s in snapshot.new_shards), "workers": checkpoint.num_workers,
+        "warm_started_from": checkpoint.warm_started_from,
+    }
+    scorecard, raw = judge(cfg, slices_of(snapshot), list(engines.candidate), list(engines.champion),
+                           snapshot.champion.version if snapshot.champion else None,
+                           model_sizes(cfg, fp32, snapshot.champion.folder if snapshot.champion else None), rate, ctx.say)
+    raw.save(ctx.path("validate", "raw.npz"))
+    return scorecard

@@ -1,41 +1,75 @@
-"""The whole cycle for real: local Ray Train, ONNX Runtime engines, MLflow on SQLite."""
+"""The whole cycle for real: local Ray Train, ONNX Runtime engines, MLflow on SQLite; then
+`plaster gate` re-judging the registered versions."""
 
 import json
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
 from orchestrator import api
+from orchestrator.cli import app
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_two_cycles_quarantine_skip_and_a_rejected_bad_candidate(home, digits):
+@pytest.fixture(scope="module")
+def cycles(tmp_path_factory):
+    """Four cycles on one registry: PROMOTED v1, PROMOTED v2, SKIPPED, REJECTED v3 (shuffled labels)."""
+    mp = pytest.MonkeyPatch()
+    tmp = tmp_path_factory.mktemp("cycles")
+    mp.setenv("PLASTER_HOME", str(tmp / "plaster-home"))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.delenv("PLASTER_CRASH_AFTER", raising=False)
+    digits = tmp / "pipelines" / "digits"
+    shutil.copytree(ROOT / "pipelines" / "digits", digits)
+
     # Cycle 1: four shards plus a corrupt one and a wrong-schema one.
     shards = api.simulate(digits, shards=4)
     src = shards[0].parent
     (src / "broken.parquet").write_bytes(b"not parquet at all")
     pq.write_table(pa.table({"img": pa.array([[0.0] * 64]), "digit": pa.array([3])}), src / "wrong-schema.parquet")
-
     first = api.run_cycle(digits)
+    # Cycle 2: drifted shards; the candidate warm-starts from v1 and is judged against it.
+    api.simulate(digits, shards=4)
+    second = api.run_cycle(digits)
+    # No new data.
+    skipped = api.run_cycle(digits)
+    # A deliberately worse candidate.
+    api.simulate(digits, shards=4, shuffle_labels=True)
+    bad = api.run_cycle(digits)
+    yield SimpleNamespace(digits=digits, src=src, first=first, second=second, skipped=skipped, bad=bad)
+    mp.undo()
+
+
+def test_first_cycle_promotes_and_quarantines_bad_shards(cycles):
+    first = cycles.first
     assert first["decision"] == "PROMOTED" and first["version"] == "1"
     assert {q["name"] for q in first["quarantined"]} == {"broken.parquet", "wrong-schema.parquet"}
-    assert (src / "_quarantine" / "broken.parquet").exists()
+    assert (cycles.src / "_quarantine" / "broken.parquet").exists()
     assert set(first["stages"]) == {"ingest", "train", "export", "build", "validate", "promote"}
     assert first["cycle_time_s"] > 0 and first["data_to_live_s"] >= first["cycle_time_s"]
     train = first["stages"]["train"]["output"]
     assert train["num_workers"] == 2 and train["warm_started_from"] is None and len(train["history"]) == 30
+    sc = first["stages"]["validate"]["output"]
+    assert sc["comparison"] is None and {p["precision"] for p in sc["candidate"]} == {"fp32", "fp16", "int8"}
 
-    # Cycle 2: drifted shards; the candidate warm-starts from v1 and is judged against it.
-    api.simulate(digits, shards=4)
-    second = api.run_cycle(digits)
+
+def test_retrained_candidate_beats_the_stale_champion_with_a_paired_interval(cycles):
+    second = cycles.second
     sc = second["stages"]["validate"]["output"]
     assert sc["champion_version"] == "1" and sc["champion"] is not None
     assert second["stages"]["train"]["output"]["warm_started_from"] == "1"
-    assert sc["chosen"]["accuracy"]["new"]["value"] > sc["champion"]["accuracy"]["new"]["value"], \
-        "retraining on drifted data must beat the stale champion on it"
+    new = next(d for d in sc["comparison"]["accuracy"] if d["slice"] == "new")
+    assert new["ci"][0] > 0, f"retraining on drifted data must beat the stale champion beyond noise: {new}"
+    assert {r["batch"] for r in sc["comparison"]["latency"]} == {1, 64}
+    assert sc["size"]["param_count"] > 0 and sc["size"]["flops_per_sample"] > sc["size"]["param_count"]
+    assert sc["chosen"]["throughput"]["value"] > 0 and sc["rate"]["epochs"] == 30
     assert second["decision"] == "PROMOTED" and second["version"] == "2"
 
     # MLflow's own client loads the champion and reads digits correctly.
@@ -51,22 +85,44 @@ def test_two_cycles_quarantine_skip_and_a_rejected_bad_candidate(home, digits):
     out = mlflow.pyfunc.load_model("models:/digits@champion").predict(gx)
     logits = next(iter(out.values()))
     assert (logits.argmax(1) == gy).mean() > 0.85
+    run = client.get_run(second["run_id"])
+    assert "scorecard.accuracy.new.diff_ci_low" in run.data.metrics
+    assert {"scorecard/scorecard.md", "scorecard/latency.png"} <= {a.path for a in client.list_artifacts(second["run_id"], "scorecard")}
 
-    # No new data: SKIPPED, with the reason.
-    skipped = api.run_cycle(digits)
-    assert skipped["decision"] == "SKIPPED" and "min_new_rows" in skipped["reasons"][0]
 
-    # A deliberately worse candidate (shuffled labels) is rejected; the champion stays.
-    api.simulate(digits, shards=4, shuffle_labels=True)
-    bad = api.run_cycle(digits)
+def test_skip_and_reject(cycles):
+    assert cycles.skipped["decision"] == "SKIPPED" and "min_new_rows" in cycles.skipped["reasons"][0]
+    bad = cycles.bad
     assert bad["decision"] == "REJECTED", bad["reasons"]
     # Its labels are noise, so it cannot reach the absolute bar on the newest data.
     assert any(r.startswith("accuracy_min.new: FAIL") for r in bad["reasons"]), bad["reasons"]
-    assert str(client.get_model_version_by_alias("digits", "champion").version) == "2"
+    from mlflow import MlflowClient
 
-    st = api.status(digits)
+    assert str(MlflowClient().get_model_version_by_alias("digits", "champion").version) == "2"
+    st = api.status(cycles.digits)
     assert st["champion"] == {"name": "digits", "version": "2"} and st["tracking_uri"].startswith("sqlite:///")
     assert [c["decision"] for c in st["cycles"]] == ["PROMOTED", "PROMOTED", "SKIPPED", "REJECTED"]
     c = st["cycles"][1]
     assert set(c["stage_seconds"]) >= {"train", "validate"} and c["data_to_live_s"] > 0
     json.dumps(st)  # --json prints exactly this
+
+
+def test_gate_exit_codes_reject_and_hold(cycles):
+    runner = CliRunner()
+    rejected = runner.invoke(app, ["gate", str(cycles.digits), "--candidate", "3"])
+    assert rejected.exit_code == 1, rejected.output
+    assert "Gate → REJECT" in rejected.output and "accuracy_min.new" in rejected.output
+
+    # Manual promotion: a passing version is held for approval (exit 2), never promoted by CI.
+    yaml = cycles.digits / "pipeline.yaml"
+    text = yaml.read_text()
+    yaml.write_text(text.replace("promotion: auto", "promotion: manual"))
+    try:
+        held = runner.invoke(app, ["gate", str(cycles.digits), "--candidate", "2", "--json"])
+    finally:
+        yaml.write_text(text)
+    assert held.exit_code == 2, held.output
+    assert json.loads(held.stdout)["decision"] == "HOLD"
+    from mlflow import MlflowClient
+
+    assert str(MlflowClient().get_model_version_by_alias("digits", "champion").version) == "2", "gate moves no alias"

@@ -51,6 +51,26 @@ def test_killed_between_stages_resumes_and_registers_once(home, digits, mlflow_s
     st = json.loads(plaster("status", str(digits), "--json", env=env).stdout)
     assert st["tracking_uri"] == mlflow_server and st["champion"]["version"] == "1"
 
+    # The scorecard went to MLflow with the version: files, plots and stable metric names.
+    names = {a.path for a in client.list_artifacts(done["run_id"], "scorecard")}
+    assert {"scorecard/scorecard.json", "scorecard/scorecard.md", "scorecard/accuracy.png",
+            "scorecard/latency.png", "scorecard/precisions.png"} <= names
+    assert "scorecard.accuracy.golden.candidate" in run.data.metrics
+
+    # `plaster gate` as a CI/CD step over HTTP: the champion against itself is an A/A
+    # comparison and passes (exit 0); a version that does not exist is an error (exit 2).
+    gate = plaster("gate", str(digits), "--candidate", "1", "--json", env=env)
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+    out = json.loads(gate.stdout)
+    assert out["decision"] == "PROMOTE" and out["candidate_version"] == "1" and out["champion_version"] == "1"
+    diffs = {d["slice"]: d for d in out["scorecard"]["comparison"]["accuracy"]}
+    assert diffs["golden"]["diff"] == 0 and diffs["golden"]["ci"] == [0.0, 0.0]
+    assert client.get_model_version("digits", "1").tags["plaster.gate.decision"] == "PROMOTE"
+    gate_run = client.get_run(out["run_id"])
+    assert gate_run.data.tags["plaster.gate_for"] == "1" and "scorecard.latency.b1.ratio" in gate_run.data.metrics
+    missing = plaster("gate", str(digits), "--candidate", "7", env=env)
+    assert missing.returncode == 2 and "no version 7" in missing.stderr
+
 
 def test_second_concurrent_run_is_refused_clearly(home, digits):
     ws = Workspace.from_env()

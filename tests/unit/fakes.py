@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.artifacts import ChampionRef
+from orchestrator.artifacts import VersionRef
 
 
 class FakeRegistry:
@@ -19,7 +19,7 @@ class FakeRegistry:
         self.versions: dict[str, dict] = {}
         self.aliases: dict[str, str] = {}
         self.metrics: list[tuple[str, dict, int | None]] = []
-        self.champion_ref: ChampionRef | None = None
+        self.champion_ref: VersionRef | None = None
         self.learned: list[str] = []
         self.move_champion_on_read: str | None = None  # simulate another process promoting meanwhile
         self.runs: dict[str, str] = {}

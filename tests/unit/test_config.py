@@ -8,7 +8,7 @@ def test_reference_pipeline_is_valid(digits):
     p = load_pipeline(digits)
     assert p.name == "digits"
     assert p.config.data.features.shape == (1, 8, 8)
-    assert p.config.validate_.throughput_batch == 64
+    assert p.config.validate_.latency_batches == (1, 64) and p.config.gate.latency_ratio_max == 1.10
 
 
 def test_every_error_reported_at_once_naming_the_key(digits):

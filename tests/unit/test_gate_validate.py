@@ -1,15 +1,26 @@
 import numpy as np
 
-from orchestrator.artifacts import EngineScore, Figure
+from orchestrator.artifacts import (AccuracyDiff, Comparison, EngineScore, Figure, LatencyAt, LatencyRatio,
+                                    ThroughputAt)
 from orchestrator.config import GateConfig
 from orchestrator.gate import FAIL, HOLD, NOT_MEASURED, PASS, PROMOTE, REJECT, decide, evaluate
 from orchestrator.measure import accuracy, latency
 from orchestrator.stages.validate import choose
 
 
-def score(precision="fp32", golden=0.95, new=0.9, p50=1.0, p99=2.0, backend="onnxruntime"):
-    return EngineScore(backend, precision, {"golden": Figure(golden), "new": Figure(new)}, Figure(p50), Figure(p99),
-                       Figure(1000.0), 100)
+def score(precision="fp32", golden=0.95, new=0.9, p50=1.0, p99=2.0, backend="onnxruntime", energy=None, p99_ci=None):
+    return EngineScore(backend, precision, {"golden": Figure(golden), "new": Figure(new)},
+                       (LatencyAt(1, p50, p99 * 0.9, p99, 300, p99_ci),), Figure(1000.0, note="batch 8"),
+                       (ThroughputAt(8, p99, 1000.0, True),),
+                       Figure(energy, note="" if energy else "not measured: no RAPL"), 100)
+
+
+def diff(slice_name, d, lo, hi, n=1000):
+    return AccuracyDiff(slice_name, n, 0.9 + d, 0.9, d, (lo, hi), 10, 5, 0.3)
+
+
+def comparison(golden=(0.0, -0.01, 0.01), new=(0.0, -0.01, 0.01), ratio=(1.0, 0.98, 1.03)):
+    return Comparison((diff("golden", *golden), diff("new", *new)), (LatencyRatio(1, ratio[0], ratio[1:], 30),))
 
 
 def by_rule(verdicts):
@@ -17,30 +28,68 @@ def by_rule(verdicts):
 
 
 def test_first_candidate_is_judged_on_absolute_rules_only():
-    v = by_rule(evaluate(score(), None, GateConfig()))
+    v = by_rule(evaluate(score(), None, None, GateConfig()))
     assert v["accuracy_min.golden"].verdict == PASS
-    assert v["accuracy_vs_champion.new"].verdict == NOT_MEASURED and "no champion" in v["accuracy_vs_champion.new"].reason
-    assert v["latency_p50_ratio_max"].verdict == NOT_MEASURED
+    assert v["non_inferiority.new"].verdict == NOT_MEASURED and "no champion" in v["non_inferiority.new"].reason
+    assert v["latency_ratio_max"].verdict == NOT_MEASURED
+    assert v["latency_p99_ms_max@1"].verdict == PASS
     assert decide(list(v.values()), "auto") == PROMOTE
 
 
-def test_forgetting_on_golden_fails_with_figures():
-    v = by_rule(evaluate(score(golden=0.90, new=0.95), score(golden=0.96, new=0.5), GateConfig()))
-    r = v["accuracy_vs_champion.golden"]
-    assert r.verdict == FAIL and "0.9000" in r.reason and "0.9600" in r.reason and "-0.0600" in r.reason
-    assert v["accuracy_vs_champion.new"].verdict == PASS
+def test_non_inferiority_reads_the_lower_bound_not_the_point():
+    gate = GateConfig(non_inferiority={"golden": 0.02})
+    # Point estimate -1 pp looks fine, but the interval reaches -3 pp: not shown non-inferior.
+    v = by_rule(evaluate(score(), score(), comparison(golden=(-0.01, -0.03, 0.01)), gate))
+    r = v["non_inferiority.golden"]
+    assert r.verdict == FAIL and "-1.00 pp" in r.reason and "[-3.00, +1.00] pp" in r.reason and "McNemar" in r.reason
     assert decide(list(v.values()), "auto") == REJECT
+    v = by_rule(evaluate(score(), score(), comparison(golden=(-0.01, -0.019, 0.0)), gate))
+    assert v["non_inferiority.golden"].verdict == PASS
 
 
-def test_latency_rules():
-    gate = GateConfig(latency_p99_ms_max=1.5, latency_p50_ratio_max=1.2)
-    v = by_rule(evaluate(score(p50=1.3, p99=2.0), score(p50=1.0), gate))
-    assert v["latency_p99_ms_max"].verdict == FAIL and "2.000 ms > 1.5" in v["latency_p99_ms_max"].reason
-    assert v["latency_p50_ratio_max"].verdict == FAIL and "1.30x" in v["latency_p50_ratio_max"].reason
+def test_superiority_needs_the_whole_interval_above_zero():
+    gate = GateConfig(non_inferiority={}, superiority=("new",))
+    up = by_rule(evaluate(score(), score(), comparison(new=(0.03, 0.01, 0.05)), gate))
+    assert up["superiority.new"].verdict == PASS
+    noise = by_rule(evaluate(score(), score(), comparison(new=(0.003, -0.004, 0.01)), gate))
+    assert noise["superiority.new"].verdict == FAIL, "0.3 pp on noise is not an improvement"
+
+
+def test_latency_rules_sla_and_ratio_interval():
+    gate = GateConfig(latency_p99_ms_max=1.5, latency_ratio_max=1.10)
+    v = by_rule(evaluate(score(p99=2.0, p99_ci=(1.8, 2.5)), score(), comparison(ratio=(1.21, 1.18, 1.24)), gate))
+    assert v["latency_p99_ms_max@1"].verdict == FAIL and "2.000 ms, 95% CI [1.800, 2.500]" in v["latency_p99_ms_max@1"].reason
+    assert v["latency_ratio_max@1"].verdict == FAIL and "1.210x" in v["latency_ratio_max@1"].reason
+    # Three stray spikes put the p99 over the SLA, but its interval reaches well under it.
+    v = by_rule(evaluate(score(p99=2.0, p99_ci=(0.4, 9.0)), score(), comparison(), gate))
+    assert v["latency_p99_ms_max@1"].verdict == PASS
+    # 12% slower at the point, but the interval reaches 1.05: not shown beyond the 10% allowed.
+    v = by_rule(evaluate(score(p99=1.0), score(), comparison(ratio=(1.12, 1.05, 1.2)), gate))
+    assert v["latency_ratio_max@1"].verdict == PASS and v["latency_p99_ms_max@1"].verdict == PASS
+
+
+def test_required_rule_not_measured_holds_and_optional_does_not():
+    optional = GateConfig(energy_j_per_1k_max=5.0)
+    v = evaluate(score(), score(), comparison(), optional)
+    assert by_rule(v)["energy_j_per_1k_max"].verdict == NOT_MEASURED
+    assert "no RAPL" in by_rule(v)["energy_j_per_1k_max"].reason
+    assert decide(v, "auto") == PROMOTE
+    required = GateConfig(energy_j_per_1k_max=5.0, required=("energy_j_per_1k_max",))
+    v = evaluate(score(), score(), comparison(), required)
+    assert by_rule(v)["energy_j_per_1k_max"].required and decide(v, "auto") == HOLD
+    measured = evaluate(score(energy=7.0), score(), comparison(), required)
+    assert by_rule(measured)["energy_j_per_1k_max"].verdict == FAIL and decide(measured, "auto") == REJECT
 
 
 def test_manual_promotion_holds_a_passing_candidate():
-    assert decide(evaluate(score(), score(), GateConfig()), "manual") == HOLD
+    assert decide(evaluate(score(), score(), comparison(), GateConfig()), "manual") == HOLD
+
+
+def test_other_rules_throughput_and_size():
+    gate = GateConfig(throughput_min=2000.0, size_bytes_max=50)
+    v = by_rule(evaluate(score(), score(), comparison(), gate))
+    assert v["throughput_min"].verdict == FAIL and "1,000 samples/s" in v["throughput_min"].reason
+    assert v["size_bytes_max"].verdict == FAIL and "100 bytes > 50" in v["size_bytes_max"].reason
 
 
 def test_precision_choice_is_fastest_within_the_accuracy_drop():
@@ -48,9 +97,23 @@ def test_precision_choice_is_fastest_within_the_accuracy_drop():
     fp16 = score("fp16", 0.95, 0.90, p50=0.8)
     int8 = score("int8", 0.92, 0.90, p50=0.5)  # faster, but loses 3 pp on golden
     chosen, why = choose([fp32, fp16, int8], max_drop=0.01)
-    assert chosen.precision == "fp16" and "int8" in why
+    assert chosen.precision == "fp16" and "int8 lost 3.00 pp" in why
     chosen, _ = choose([fp32, fp16, int8], max_drop=0.05)
     assert chosen.precision == "int8"
+    # A GPU backend, when built, is preferred whatever the CPU figures.
+    trt = score("fp32", 0.95, 0.90, p50=2.0, backend="tensorrt")
+    assert choose([fp32, trt], 0.01)[0].backend == "tensorrt"
+
+
+def test_a_lower_precision_is_served_only_when_faster_beyond_noise():
+    fp32, fp16, int8 = score("fp32", p50=1.0), score("fp16", p50=0.99), score("int8", p50=0.6)
+    ratios = {("onnxruntime", "fp32"): LatencyRatio(1, 1.0, (1.0, 1.0), 30),
+              ("onnxruntime", "fp16"): LatencyRatio(1, 0.99, (0.95, 1.03), 30),  # a tie within noise
+              ("onnxruntime", "int8"): LatencyRatio(1, 0.6, (0.55, 0.66), 30)}
+    chosen, why = choose([fp32, fp16, int8], 0.01, ratios)
+    assert chosen.precision == "int8" and "0.60x fp32 [0.55, 0.66]" in why
+    ratios[("onnxruntime", "int8")] = LatencyRatio(1, 0.98, (0.9, 1.01), 30)
+    assert choose([fp32, fp16, int8], 0.01, ratios)[0].precision == "fp32", "ties go to full precision"
 
 
 def test_accuracy_and_interleaved_latency_on_known_runners():
@@ -61,7 +124,20 @@ def test_accuracy_and_interleaved_latency_on_known_runners():
     calls = []
     runners = {"a": lambda b: calls.append("a"), "b": lambda b: calls.append("b")}
     samples = latency.interleaved(runners, x, rounds=4, calls_per_round=2, warmup=1)
-    assert len(samples["a"]) == len(samples["b"]) == 8
+    assert samples["a"].shape == samples["b"].shape == (4, 2), "rounds stay separate for pairing"
     timed = calls[2:]  # after one warm-up call each
     assert timed[:8] == ["a", "a", "b", "b", "b", "b", "a", "a"], "rounds alternate the order"
-    assert latency.throughput(np.array([0.5, 1.0, 2.0]), batch=10) == 10.0
+
+
+def test_throughput_is_the_best_batch_within_the_sla():
+    import time
+
+    def slow_at_big_batches(b):
+        time.sleep(0.004 if len(b) >= 64 else 0.0)
+
+    out = latency.sweep({"e": slow_at_big_batches}, np.zeros((4, 2), np.float32), (1, 8, 64), sla_ms=2.0,
+                        rounds=2, calls_per_round=2)
+    pts = {p.batch: p for p in out["e"]}
+    assert pts[64].within_sla is False and pts[8].within_sla
+    best = latency.best_within_sla(out["e"])
+    assert best.batch == 8

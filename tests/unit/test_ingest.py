@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator import api
-from orchestrator.artifacts import ChampionRef, sha256_file
+from orchestrator.artifacts import VersionRef, sha256_file
 from orchestrator.dataset import load_arrays
 from orchestrator.errors import DataError
 from orchestrator.stages import ingest
@@ -70,7 +70,7 @@ def test_learned_shards_are_not_new_but_replayed(stream, home):
     folder = home / "champ"
     write_champion_folder(folder, learned)
     reg = FakeRegistry()
-    reg.champion_ref = ChampionRef("1", "r", str(folder), "fp32", "onnxruntime")
+    reg.champion_ref = VersionRef("1", "r", str(folder), "fp32", "onnxruntime")
     reg.learned = learned
     snap = ingest.run(context(home, digits, reg))
     assert [s.name for s in snap.new_shards] == [good[1].name]

@@ -5,8 +5,8 @@ import pytest
 
 from orchestrator import record as records
 from orchestrator import cycle as cycle_mod
-from orchestrator.artifacts import (Checkpoint, Engine, EngineSet, OnnxModel, Promotion, Scorecard, Snapshot, Variant,
-                                    Verdict)
+from orchestrator.artifacts import (Checkpoint, Engine, EngineSet, ModelSize, OnnxModel, Promotion, Scorecard, Snapshot,
+                                    Variant, Verdict)
 from orchestrator.config import load_pipeline
 from orchestrator.cycle import Cycle
 from orchestrator.errors import CandidateRejected, ChampionMoved, CycleLockedError, ResumeError, TrainingError
@@ -28,7 +28,8 @@ def artifacts(ctx, decision="PROMOTE", champion_version=None):
     onnx_model = OnnxModel(str(d / "m.onnx"), "s", "input", 0.0)
     engines = EngineSet((Variant("fp32", str(d / "fp32.onnx"), "s"),),
                         (Engine("onnxruntime", "fp32", str(d / "e.onnx"), "s", "s", "k", False, 0.0),), ())
-    sc = Scorecard((score(),), None, score(), "why", champion_version, "m", (Verdict("r", "PASS", "ok"),), decision, 1)
+    sc = Scorecard((score(),), None, score(), "why", None, champion_version, "m", 0.95, (Verdict("r", "PASS", "ok"),),
+                   decision, ModelSize(1, 1), None, {})
     return snap, ckpt, onnx_model, engines, sc
 
 
