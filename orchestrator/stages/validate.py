@@ -66,22 +66,25 @@ def key(e: Engine, who: str) -> str:
     return f"{who}:{e.backend}:{e.precision}"
 
 
-def measure(runners: dict[str, Runner], slices: Slices, cfg: ValidateConfig, *, sla_ms: float | None,
-            confidence: float, sizes: dict[str, int], devices: dict[str, str],
-            say: Callable[[str], None] = lambda m: None) -> tuple[dict[str, EngineScore], Raw]:
-    """Score every runner on the same slices and the same machine, interleaved."""
-    raw = Raw()
-    for k, r in runners.items():
-        raw.correct[k] = {s: accuracy.correct(r, x, y) for s, (x, y) in slices.items()}
-    pool = next(iter(slices.values()))[0]
+def timings(runners: dict[str, Runner], pool: np.ndarray, cfg: ValidateConfig,
+            say: Callable[[str], None] = lambda m: None) -> dict[str, dict[int, np.ndarray]]:
+    """Per-call seconds of every runner at each latency batch, interleaved round by round."""
+    out: dict[str, dict[int, np.ndarray]] = {k: {} for k in runners}
     for b in cfg.latency_batches:
         say(f"timing {len(runners)} engines at batch {b}: {cfg.rounds} interleaved rounds")
         x = np.resize(pool, (b, *pool.shape[1:])).astype(np.float32)
         for k, s in latency.interleaved(runners, x, cfg.rounds, cfg.calls_per_round, cfg.warmup).items():
-            raw.latency.setdefault(k, {})[b] = s
+            out[k][b] = s
+    return out
+
+
+def scores(runners: dict[str, Runner], raw: Raw, pool: np.ndarray, cfg: ValidateConfig, *, sla_ms: float | None,
+           confidence: float, sizes: dict[str, int], devices: dict[str, str],
+           say: Callable[[str], None] = lambda m: None) -> dict[str, EngineScore]:
+    """Each engine's figures from the raw samples, plus the throughput sweep and energy runs."""
     say(f"throughput sweep over batch sizes {list(cfg.throughput_batches)}")
     sweep = latency.sweep(runners, pool, cfg.throughput_batches, sla_ms)
-    scores = {}
+    out = {}
     for k, r in runners.items():
         best = latency.best_within_sla(sweep[k])
         if best is None:
@@ -92,10 +95,9 @@ def measure(runners: dict[str, Runner], slices: Slices, cfg: ValidateConfig, *, 
         meter, why = energy.meter_for(devices[k])
         batch_x = np.resize(pool, ((best.batch if best else 1), *pool.shape[1:])).astype(np.float32)
         joules = energy.joules_per_1k(meter, why, lambda: (r(batch_x), len(batch_x))[1], cfg.energy_seconds)
-        acc = {}
-        for s, ok in raw.correct[k].items():
-            acc[s] = Figure(float(ok.mean()), stats.wilson(int(ok.sum()), len(ok), confidence), note=f"n={len(ok)}")
-        scores[k] = EngineScore(
+        acc = {s: Figure(float(ok.mean()), stats.wilson(int(ok.sum()), len(ok), confidence), note=f"n={len(ok)}")
+               for s, ok in raw.correct[k].items()}
+        out[k] = EngineScore(
             backend=k.split(":")[1], precision=k.split(":")[2], accuracy=acc,
             latency=tuple(LatencyAt(b, latency.percentile_ms(a, 50), latency.percentile_ms(a, 95),
                                     latency.percentile_ms(a, 99), a.size,
@@ -103,7 +105,18 @@ def measure(runners: dict[str, Runner], slices: Slices, cfg: ValidateConfig, *, 
                           for b, a in raw.latency[k].items()),
             throughput=thr, sweep=tuple(sweep[k]), energy_j_per_1k=joules, size_bytes=sizes[k],
         )
-    return scores, raw
+    return out
+
+
+def measure(runners: dict[str, Runner], slices: Slices, cfg: ValidateConfig, *, sla_ms: float | None,
+            confidence: float, sizes: dict[str, int], devices: dict[str, str],
+            say: Callable[[str], None] = lambda m: None) -> tuple[dict[str, EngineScore], Raw]:
+    """Score every runner on the same slices and the same machine, interleaved."""
+    pool = next(iter(slices.values()))[0]
+    raw = Raw(latency=timings(runners, pool, cfg, say),
+              correct={k: {s: accuracy.correct(r, x, y) for s, (x, y) in slices.items()} for k, r in runners.items()})
+    return scores(runners, raw, pool, cfg, sla_ms=sla_ms, confidence=confidence, sizes=sizes, devices=devices,
+                  say=say), raw
 
 
 def compare(cand: str, champ: str, raw: Raw, confidence: float) -> Comparison:

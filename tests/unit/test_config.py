@@ -47,3 +47,15 @@ def test_gate_slice_and_precision_checks(digits):
         load_pipeline(digits)
     assert "gate" in str(e.value) and "golde" in str(e.value)
     assert "build.precisions" in str(e.value)
+
+
+def test_gate_rules_must_name_known_slices_and_rules(digits):
+    text = (digits / "pipeline.yaml").read_text()
+    text = text.replace("non_inferiority: {golden: 0.05, new: 0.02}", "non_inferiority: {golden: 0.05, hard: 0.02}")
+    text = text.replace("required: []", "required: [energy]")
+    (digits / "pipeline.yaml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(digits)
+    msg = str(e.value)
+    assert "gate.non_inferiority: unknown slice 'hard'" in msg and "data.slices" in msg
+    assert "gate.required" in msg and "energy_j_per_1k_max" in msg

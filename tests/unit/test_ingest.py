@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -82,3 +83,18 @@ def test_learned_shards_are_not_new_but_replayed(stream, home):
 def test_missing_source_names_the_fix(home, digits):
     with pytest.raises(DataError, match="plaster simulate"):
         ingest.run(context(home, digits))
+
+
+def test_named_holdout_slices_are_materialized_and_gateable(stream, home):
+    digits, good = stream
+    hard = home / "hard.parquet"
+    shutil.copy(good[1], hard)
+    text = (digits / "pipeline.yaml").read_text()
+    text = text.replace("  label: {column: label, num_classes: 10}",
+                        f"  label: {{column: label, num_classes: 10}}\n  slices: {{hard: {hard}}}")
+    text = text.replace("non_inferiority: {golden: 0.05, new: 0.02}", "non_inferiority: {golden: 0.05, new: 0.02, hard: 0.0}")
+    (digits / "pipeline.yaml").write_text(text)
+    snap = ingest.run(context(home, digits))
+    assert set(snap.slices) == {"golden", "hard"} and snap.golden_file == snap.slices["golden"]
+    x, y = load_arrays(snap.slices["hard"])
+    assert len(y) == 250 and x.shape[1:] == (1, 8, 8)
