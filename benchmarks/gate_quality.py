@@ -248,7 +248,11 @@ def main() -> None:
            "targets": {k: v[1] for k, v in TARGETS.items()}, "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
-    console.print(f"wrote {args.out}")
+    md = ["| condition | scenario | REJECT means | target | plaster gate | naive gate |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['condition']} | {r['scenario']} | {TARGETS[r['scenario']][0]} | {TARGETS[r['scenario']][1]} | "
+           f"{100 * r['plaster_reject_rate']:.1f}% | {100 * r['naive_reject_rate']:.1f}% |" for r in results]
+    args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    console.print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def registry_for(ws: Workspace):
 
 
 def run_cycle(folder: str | Path, resume: bool = False, wait: bool = False, trigger: str = "manual",
-              say: Callable[[str], None] = lambda m: None, registry=None) -> dict[str, Any]:
+              say: Callable[[str], None] = lambda m: None, registry=None, stop=None) -> dict[str, Any]:
     """Run (or resume) one cycle of the pipeline in `folder`; return its record.
 
     Raises:
@@ -40,7 +40,7 @@ def run_cycle(folder: str | Path, resume: bool = False, wait: bool = False, trig
             cycle = Cycle.resume(ws, pipeline, registry, say=say)
         else:
             cycle = Cycle.start(ws, pipeline, registry, trigger=trigger, say=say)
-        return cycle.run()
+        return cycle.run(stop)
 
 
 def status(folder: str | Path, last: int = 10, registry=None) -> dict[str, Any]:
@@ -135,7 +135,8 @@ def gate(folder: str | Path, candidate: str | None = None, registry=None,
                                  validate.model_sizes(pipeline.config, fp32, champ.folder if champ else None), rate, say)
         sc = dataclasses.replace(sc, candidate_version=candidate_v)
         scorecard.publish(registry, run_id, sc, raw, ctx.folder / "scorecard", None)
-        registry.set_version_tags(name, candidate_v, {"plaster.gate.decision": sc.decision, "plaster.gate.run_id": run_id})
+        registry.set_version_tags(name, candidate_v, {"plaster.gate.decision": sc.decision, "plaster.gate.run_id": run_id,
+                                                      "plaster.validated_against": champion_v or ""})
     except BaseException:
         registry.end_run(run_id, "FAILED")
         raise
@@ -143,3 +144,112 @@ def gate(folder: str | Path, candidate: str | None = None, registry=None,
     return {"pipeline": name, "candidate_version": candidate_v, "champion_version": champion_v,
             "decision": sc.decision, "run_id": run_id, "tracking_uri": registry.tracking_uri,
             "scorecard": to_dict(sc), "files": str(ctx.folder / "scorecard")}
+
+
+def _locked(ws: Workspace, pipeline_name: str, holder: str) -> records.PipelineLock:
+    lock = records.PipelineLock(ws, pipeline_name)
+    lock.acquire(wait=False, holder=holder)
+    return lock
+
+
+def approve(folder: str | Path, version: str, reason: str = "", registry=None) -> dict[str, Any]:
+    """Promote a version held for approval, with the same compare-and-set check as a cycle:
+    only if the champion is still the one it was validated against.
+
+    Raises:
+        GateError: the version is not awaiting approval, or the champion moved since it was validated.
+        CycleLockedError: a cycle of this pipeline is running.
+    """
+    from orchestrator import ledger
+    from orchestrator.errors import GateError
+
+    ws = Workspace.from_env()
+    pipeline = load_pipeline(folder)
+    registry = registry or registry_for(ws)
+    name, version = pipeline.name, str(version)
+    lock = _locked(ws, name, f"plaster approve {name} {version}")
+    try:
+        tags = registry.version_tags(name, version)
+        if tags.get("plaster.awaiting_approval") != "true":
+            raise GateError(f"{name} v{version} is not awaiting approval (gate decision: "
+                            f"{tags.get('plaster.gate.decision') or tags.get('plaster.decision') or 'unknown'}); only a "
+                            f"HELD candidate can be approved: `plaster gate {folder} --candidate {version}` judges it")
+        if tags.get("plaster.gate.decision") == "REJECT":
+            raise GateError(f"{name} v{version} was re-judged REJECT by `plaster gate`; it cannot be approved")
+        current = registry.alias(name, "champion")
+        against = tags.get("plaster.validated_against") or None
+        if current != against:
+            raise GateError(f"the champion moved from v{against or '(none)'} to v{current} since v{version} was validated; "
+                            f"re-validate with `plaster gate {folder} --candidate {version}`, then approve")
+        if current is not None:
+            registry.set_alias(name, "previous", current)
+        registry.set_alias(name, "champion", version)
+        if registry.alias(name, "challenger") == version:
+            registry.delete_alias(name, "challenger")
+        who = ledger.actor()
+        registry.set_version_tags(name, version, {"plaster.awaiting_approval": "false", "plaster.approved_by": who})
+        entry = ledger.record(ws, name, "champion", current, version, ledger.APPROVE, reason or "approved", who=who)
+    finally:
+        lock.release()
+    return entry
+
+
+def rollback(folder: str | Path, reason: str, to: str | None = None, registry=None) -> dict[str, Any]:
+    """Point `champion` back at `to` (default: `previous`); the version rolled away from
+    becomes `previous`, so a rollback can itself be undone.
+
+    Raises:
+        GateError: no reason given, nothing to roll back to, or `to` is already the champion.
+        RegistryError: `to` does not exist or has no plaster bundle (it could not be served).
+    """
+    from orchestrator import ledger
+    from orchestrator.errors import GateError
+
+    if not reason.strip():
+        raise GateError("a rollback needs --reason \"...\": it is recorded in `plaster history` for whoever looks next")
+    ws = Workspace.from_env()
+    pipeline = load_pipeline(folder)
+    registry = registry or registry_for(ws)
+    name = pipeline.name
+    lock = _locked(ws, name, f"plaster rollback {name}")
+    try:
+        current = registry.alias(name, "champion")
+        target = str(to) if to else registry.alias(name, "previous")
+        if target is None:
+            raise GateError(f"'{name}' has no `previous` version to roll back to; name one with --to VERSION")
+        if target == current:
+            raise GateError(f"v{target} is already the champion of '{name}'")
+        registry.fetch(name, target, ws.home / "versions" / name)  # it must be servable before it goes live
+        registry.set_alias(name, "champion", target)
+        if current is not None:
+            registry.set_alias(name, "previous", current)
+            registry.set_version_tags(name, current, {"plaster.rolled_back": "true", "plaster.rolled_back_reason": reason[:500]})
+        entry = ledger.record(ws, name, "champion", current, target, ledger.ROLLBACK, reason)
+    finally:
+        lock.release()
+    return entry
+
+
+def history(folder: str | Path, last: int = 50) -> dict[str, Any]:
+    """Cycles with their decisions, timings and accuracy on new data (stale champion vs
+    candidate), and every alias move from the ledger. Reads local records only (no MLflow)."""
+    from orchestrator import ledger
+
+    ws = Workspace.from_env()
+    pipeline = load_pipeline(folder)
+    moves = ledger.load(ws, pipeline.name)
+    cycles = []
+    for r in records.load_all(ws, pipeline.name)[-last:]:
+        sc = r["stages"].get("validate", {}).get("output")
+        new = next((d for d in (sc.get("comparison") or {}).get("accuracy", []) if d["slice"] == "new"), None) if sc else None
+        cand_new = sc["chosen"]["accuracy"].get("new", {}).get("value") if sc else None
+        cycles.append({
+            "id": r["id"], "started_at": r["started_at"], "decided_at": r["decided_at"], "state": r["state"],
+            "trigger": r.get("trigger"), "decision": r["decision"], "version": r["version"],
+            "champion_before": r["champion_before"], "data_to_live_s": r["data_to_live_s"],
+            "cycle_time_s": r["cycle_time_s"], "stage_seconds": {n: s["seconds"] for n, s in r["stages"].items()},
+            "new_accuracy_champion": new["champion"] if new else None, "new_accuracy_candidate": cand_new,
+            "new_rows": sum(s["rows"] for s in r["stages"].get("ingest", {}).get("output", {}).get("new_shards", [])),
+            "alias_moves": [m for m in moves if m.get("cycle_id") == r["id"]],
+        })
+    return {"pipeline": pipeline.name, "cycles": cycles, "alias_moves": moves}

@@ -101,6 +101,54 @@ def gate(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.ya
     raise typer.Exit(GATE_EXIT[out["decision"]])
 
 
+@app.command()
+def approve(pipeline: Path, version: str = typer.Argument(..., help="the HELD version to promote"),
+            reason: str = typer.Option("", help="recorded in `plaster history`")):
+    """Promote a version held for manual approval (compare-and-set against the champion it was judged with)."""
+    from orchestrator import api
+
+    e = _guard(lambda: api.approve(pipeline, version, reason))
+    console.print(f"[green]approved[/] v{e['to']} is champion (previous: v{e['from'] or '—'}), by {e['actor']}")
+
+
+@app.command()
+def rollback(pipeline: Path, to: Optional[str] = typer.Option(None, "--to", help="version to go back to (default: previous)"),
+             reason: str = typer.Option(..., help="why; recorded in `plaster history`")):
+    """Point champion back (default: at `previous`); serving follows within seconds."""
+    from orchestrator import api
+
+    e = _guard(lambda: api.rollback(pipeline, reason, to))
+    console.print(f"[yellow]rolled back[/] champion v{e['from'] or '—'} → v{e['to']}: {e['reason']}")
+
+
+@app.command()
+def schedule(pipelines: list[Path] = typer.Argument(..., help="pipeline folders to schedule"),
+             metrics_port: Optional[int] = typer.Option(9464, help="Prometheus metrics port (0 = off)"),
+             metrics_host: str = typer.Option("127.0.0.1", help="interface for the metrics endpoint")):
+    """Run the scheduler daemon: cron and data-arrival triggers; SIGTERM stops it cleanly."""
+    import signal
+    import threading
+    import time
+
+    from orchestrator.scheduler import Daemon
+
+    logging.basicConfig(level=logging.WARNING)
+    done = threading.Event()
+
+    def say(msg: str) -> None:
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}")
+
+    daemon = _guard(lambda: Daemon(pipelines, metrics_port or None, metrics_host, say=say).start())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    if metrics_port:
+        say(f"metrics on http://{metrics_host}:{metrics_port}/metrics")
+    done.wait()
+    say("stopping after the stage in flight…")
+    daemon.shutdown()
+    say("stopped")
+
+
 @app.command("validate-config")
 def validate_config(pipeline: Path):
     """Check pipeline.yaml and model.py; report every error at once."""

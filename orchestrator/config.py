@@ -140,6 +140,29 @@ class GateConfig(_Strict):
         return v
 
 
+class ScheduleConfig(_Strict):
+    """When `plaster schedule` starts a cycle without anyone calling `run`."""
+
+    cron: str | None = Field(None, description="crontab in UTC: 5 fields, or 6 with seconds first")
+    poll_seconds: float | None = Field(30.0, gt=0, description="data-arrival trigger: look at the data source this often")
+    max_staleness: float | None = Field(
+        None, gt=0, description="seconds: also start when the oldest unlearned shard is older than this, "
+                                "even below ingest.min_new_rows")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from orchestrator.cron import trigger
+
+        try:
+            trigger(v)
+        except ValueError as e:
+            raise ValueError(f"{e}; e.g. '0 3 * * *' (03:00 UTC daily) or '*/30 * * * * *' (every 30 s)") from None
+        return v
+
+
 class PipelineConfig(_Strict):
     name: str
     description: str = ""
@@ -151,6 +174,7 @@ class PipelineConfig(_Strict):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     gate: GateConfig = GateConfig()
     promotion: Literal["auto", "manual"] = "auto"
+    schedule: ScheduleConfig = ScheduleConfig()
 
     @field_validator("name")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import threading
 import time
 from typing import Any, Callable, NoReturn
 
@@ -50,13 +51,13 @@ class Cycle:
                  say: Callable[[str], None] = lambda m: None):
         self.ws, self.pipeline, self.registry, self.record, self.say = ws, pipeline, registry, record, say
         self.ctx = StageContext(ws, pipeline, record["id"], ws.cycle_dir(pipeline.name, record["id"]),
-                                registry, record["run_id"], say=say)
+                                registry, record["run_id"], say=say, extras={"trigger": record.get("trigger")})
 
     @classmethod
     def start(cls, ws: Workspace, pipeline: Pipeline, registry, trigger: str = "manual",
               say: Callable[[str], None] = lambda m: None) -> "Cycle":
         for old in records.load_all(ws, pipeline.name):
-            if old["state"] in (records.RUNNING, records.FAILED):
+            if old["state"] in (records.RUNNING, records.FAILED, records.INTERRUPTED):
                 old["state"] = records.ABANDONED  # a fresh run supersedes it; its files stay for inspection
                 records.save(ws, old)
         cycle_id = records.new_id()
@@ -95,8 +96,10 @@ class Cycle:
         except Exception as e:  # the local record is the source of truth; MLflow mirrors it
             self.ctx.log.warning("could not mirror the cycle record to MLflow: %s", e)
 
-    def run(self) -> dict[str, Any]:
-        """Run every stage not yet done; return the record with its decision.
+    def run(self, stop: threading.Event | None = None) -> dict[str, Any]:
+        """Run every stage not yet done; return the record with its decision. When `stop` is
+        set, return after the stage in flight is persisted, in state `interrupted`
+        (resumable, no decision).
 
         Raises:
             PlasterError: the cycle could not reach a decision; the record says where it
@@ -110,6 +113,11 @@ class Cycle:
             if name in outputs:
                 i += 1
                 continue
+            if stop is not None and stop.is_set():
+                self.record["state"] = records.INTERRUPTED
+                self._persist()
+                self.registry.end_run(self.record["run_id"], "KILLED")
+                return self.record
             self.say(f"[bold]{name}[/bold]…")
             t0, started = time.perf_counter(), time.time()
             try:

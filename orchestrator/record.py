@@ -18,6 +18,7 @@ from orchestrator.errors import CycleLockedError
 from orchestrator.workspace import Workspace
 
 RUNNING, DECIDED, FAILED, ABANDONED = "running", "decided", "failed", "abandoned"
+INTERRUPTED = "interrupted"  # stopped between stages on request (SIGTERM to the scheduler): resumable
 
 
 def new_id() -> str:
@@ -54,7 +55,7 @@ def load_all(ws: Workspace, pipeline: str) -> list[dict[str, Any]]:
 def unfinished(ws: Workspace, pipeline: str) -> dict[str, Any] | None:
     """The newest cycle that neither reached a decision nor was abandoned."""
     for r in reversed(load_all(ws, pipeline)):
-        if r["state"] in (RUNNING, FAILED):
+        if r["state"] in (RUNNING, FAILED, INTERRUPTED):
             return r
     return None
 

@@ -109,6 +109,15 @@ class MlflowRegistry:
             if not _not_found(e):
                 raise
 
+    def version_tags(self, model: str, version: str) -> dict[str, str]:
+        try:
+            return dict(self.client.get_model_version(model, str(version)).tags or {})
+        except Exception as e:
+            if _not_found(e):
+                raise RegistryError(f"{model} has no version {version} in MLflow at {self.tracking_uri}; "
+                                    f"`plaster history` lists the versions") from None
+            raise RegistryError(f"MLflow at {self.tracking_uri} failed to read {model} v{version}: {e}") from None
+
     def set_version_tags(self, model: str, version: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_model_version_tag(model, str(version), k, v)

@@ -71,7 +71,9 @@ def run(ctx: StageContext) -> Snapshot:
 
     rows = sum(s.rows for s in new)
     common = dict(new_shards=tuple(new), quarantined=tuple(quarantined), champion=champion)
-    if rows < cfg.ingest.min_new_rows:
+    # A staleness trigger learns whatever has arrived: old data waiting is the worse risk.
+    min_rows = 1 if ctx.extras.get("trigger") == "staleness" else cfg.ingest.min_new_rows
+    if rows < min_rows:
         reason = f"{rows} new row(s) in {len(new)} shard(s) < ingest.min_new_rows={cfg.ingest.min_new_rows}"
         return Snapshot(**common, replay_rows=0, train_file="", holdout_new_file="", golden_file=None,
                         train_rows=0, holdout_new_rows=0, golden_rows=0, learned=tuple(sorted(learned)),
@@ -120,3 +122,37 @@ def run(ctx: StageContext) -> Snapshot:
         golden_rows=golden_rows,
         learned=tuple(sorted(learned | {s.sha256 for s in new})),
     )
+
+
+def pending(source: Path, learned: set[str]) -> tuple[int, float | None]:
+    """New rows waiting in the data source and the arrival time of the oldest unlearned
+    shard, without reading, moving or quarantining anything (the scheduler's poll). Row
+    counts come from Parquet footers; an unreadable shard counts no rows (ingest will
+    quarantine it) but still ages."""
+    import pyarrow.parquet as pq
+
+    rows, oldest = 0, None
+    if not source.is_dir():
+        return 0, None
+    for path in sorted(source.glob("*.parquet")):
+        st = path.stat()
+        sha = _hash_cached(path, st.st_mtime_ns, st.st_size)
+        if sha in learned:
+            continue
+        try:
+            rows += pq.read_metadata(path).num_rows
+        except Exception:
+            pass
+        oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
+    return rows, oldest
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _hash_cached(path: Path, mtime_ns: int, size: int) -> str:
+    # A poll every few seconds must not re-hash every shard: shards are append-only files.
+    key = (str(path), mtime_ns, size)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]

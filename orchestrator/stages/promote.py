@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator import ledger
 from orchestrator.artifacts import (Checkpoint, EngineSet, OnnxModel, Promotion, Scorecard, Snapshot, to_dict)
 from orchestrator.context import StageContext
 from orchestrator.dataset import load_arrays
@@ -70,7 +71,9 @@ def run(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, onnx_mode
     ctx.registry.set_alias(name, CHALLENGER, version)
 
     if scorecard.decision == HOLD:
-        ctx.registry.set_version_tags(name, version, {"plaster.awaiting_approval": "true"})
+        # `plaster approve` promotes it later only if the champion is still this one.
+        ctx.registry.set_version_tags(name, version, {"plaster.awaiting_approval": "true",
+                                                      "plaster.validated_against": current or ""})
         held = tuple(hold_reasons(list(scorecard.verdicts), ctx.pipeline.config.promotion))
         return Promotion("HELD", version, current, current, time.time(), reasons + held)
     if scorecard.decision != PROMOTE:
@@ -83,5 +86,8 @@ def run(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, onnx_mode
         ctx.registry.set_alias(name, PREVIOUS, current)
     ctx.registry.set_alias(name, CHAMPION, version)
     ctx.registry.delete_alias(name, CHALLENGER)
+    ledger.record(ctx.workspace, name, CHAMPION, current, version, ledger.PROMOTE,
+                  f"gate {scorecard.decision}: {sum(v.verdict == 'PASS' for v in scorecard.verdicts)} rule(s) passed",
+                  cycle_id=ctx.cycle_id)
     ctx.say(f"promoted v{version} to champion" + (f" (previous: v{current})" if current else ""))
     return Promotion("PROMOTED", version, current, version, time.time(), reasons)

@@ -81,6 +81,16 @@ class FakeRegistry:
     def set_version_tags(self, model, version, tags):
         self.versions[version]["tags"].update(tags)
 
+    def version_tags(self, model, version):
+        return dict(self.versions[str(version)]["tags"])
+
+    def fetch(self, model, version, download_to):
+        if str(version) not in self.versions:
+            from orchestrator.errors import RegistryError
+
+            raise RegistryError(f"{model} has no version {version}")
+        return VersionRef(str(version), "run", str(download_to), "fp32", "onnxruntime")
+
 
 def write_champion_folder(folder: Path, learned: list[str], precision: str = "fp32") -> None:
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,60 @@
+"""The alias ledger: every move of `champion` (and the other aliases) that plaster makes,
+with time, from-version, to-version, actor, kind and reason. MLflow keeps no alias
+history; this is how `plaster history`, the report and rollback know what happened.
+
+One JSON line per move in PLASTER_HOME/ledger/<pipeline>.jsonl, appended with O_APPEND so
+concurrent writers never interleave a line.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.workspace import Workspace
+
+PROMOTE, APPROVE, ROLLBACK = "promote", "approve", "rollback"
+
+
+def path(ws: Workspace, pipeline: str) -> Path:
+    return ws.home / "ledger" / f"{pipeline}.jsonl"
+
+
+def actor() -> str:
+    """Who moved it: PLASTER_ACTOR (a CI job, the scheduler) or the OS user."""
+    try:
+        return os.environ.get("PLASTER_ACTOR") or getpass.getuser()
+    except Exception:  # no user entry in a container
+        return "unknown"
+
+
+def record(ws: Workspace, pipeline: str, alias: str, from_version: str | None, to_version: str | None, kind: str,
+           reason: str, cycle_id: str | None = None, who: str | None = None) -> dict[str, Any]:
+    entry = {"at": time.time(), "pipeline": pipeline, "alias": alias, "from": from_version, "to": to_version,
+             "kind": kind, "actor": who or actor(), "reason": reason, "cycle_id": cycle_id}
+    p = path(ws, pipeline)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(entry) + "\n").encode())
+    finally:
+        os.close(fd)
+    return entry
+
+
+def load(ws: Workspace, pipeline: str) -> list[dict[str, Any]]:
+    p = path(ws, pipeline)
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a torn last line after a crash: skip it, keep the rest
+                continue
+    return out

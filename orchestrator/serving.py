@@ -1,0 +1,311 @@
+"""Serve the champion over HTTP with Ray Serve, and follow the champion alias while serving.
+
+`start()` deploys one application, `plaster-<pipeline>`: one replica of `Champion` running
+the exact engine file validation measured (the bundle's manifest names it). A watcher
+thread polls the registry's champion alias; when it moves (promotion, approval, rollback)
+it fetches that version's bundle and deploys the same application again with only
+`user_config` changed. Serve then calls `reconfigure()` on the live replica, which loads the
+new engine beside the old one and swaps the reference: requests in flight finish on the
+old engine and none fails.
+
+The deploy is declarative (an import path plus a config, what `serve deploy` does), not
+`serve.run`: `serve.run` gives every deploy a new code version, so Serve replaces the
+replica (a new process) instead of reconfiguring it. A declarative config also removes the
+other applications deployed that way: one pipeline per Serve instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from orchestrator.errors import PlasterError, RegistryError
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+BATCH_WAIT_S = 0.002  # how long a request waits for others to share its engine call
+
+http = FastAPI(title="plaster", docs_url=None, redoc_url=None)
+
+
+class BadInput(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _depth(v) -> int:
+    d = 0
+    while isinstance(v, list):
+        d, v = d + 1, (v[0] if v else None)
+    return d
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_inputs(body: bytes, shape: tuple[int, ...], max_batch: int) -> np.ndarray:
+    """A request body `{"inputs": one example or a batch}` as a float32 batch (N, *shape).
+
+    Raises BadInput with the HTTP status and a message naming what to send instead.
+    """
+    want = f"one example of shape {list(shape)} or a batch of shape [N, {', '.join(map(str, shape))}] (N <= {max_batch})"
+    try:
+        doc = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # also bad UTF-8, NaN/Infinity, absurd nesting
+        raise BadInput(400, 'the body is not JSON: send {"inputs": [...]} with Content-Type: application/json') from None
+    if not isinstance(doc, dict) or "inputs" not in doc:
+        raise BadInput(422, f'the body must be a JSON object {{"inputs": ...}} holding {want}')
+    inputs = doc["inputs"]
+    if not isinstance(inputs, list):
+        raise BadInput(422, f'"inputs" must be a list of numbers: {want}')
+    if not inputs:
+        raise BadInput(422, f'"inputs" is an empty batch: send {want}')
+    if _depth(inputs) > len(shape) and len(inputs) > max_batch:
+        raise BadInput(413, f"{len(inputs)} examples in one request; at most {max_batch} (build.max_batch): split the batch")
+    ragged = f'"inputs" is a ragged nested list: every example must have shape {list(shape)}'
+    try:
+        cells = np.array(inputs, dtype=object)
+    except ValueError:  # numpy refuses some ragged nestings even as objects
+        raise BadInput(422, ragged) from None
+    # bool is not a number here, though Python counts it as an int: compare exact types.
+    kinds = {type(v).__name__ for v in cells.flat} - {"int", "float"}
+    if "list" in kinds:
+        raise BadInput(422, ragged)
+    if kinds:
+        raise BadInput(422, f'"inputs" must hold only numbers, found {", ".join(sorted(kinds))}: send {want}')
+    if cells.shape != shape and cells.shape != (len(inputs), *shape):
+        raise BadInput(422, f'"inputs" has shape {list(cells.shape)}; expected {want}')
+    try:
+        with np.errstate(over="ignore"):  # overflow becomes inf, refused below
+            x = cells.astype(np.float32)
+    except OverflowError:  # an int too large for a C double
+        x = None
+    if x is None or not np.isfinite(x).all():
+        raise BadInput(422, '"inputs" holds numbers beyond float32 range')
+    return x.reshape(-1, *shape)
+
+
+def _examples(batches: list[np.ndarray]) -> int:
+    return sum(len(b) for b in batches)
+
+
+@serve.deployment(
+    num_replicas=1,
+    max_ongoing_requests=64,  # the default (5) would cap a server-side batch at five requests
+    # No CPU reservation: on a 2-core machine Ray Train reserves both cores for its workers
+    # while a cycle runs beside the server; a 0.5 reservation would leave it unschedulable.
+    ray_actor_options={"num_cpus": 0},
+)
+@serve.ingress(http)
+class Champion:
+    def __init__(self, shape: list[int], max_batch: int):
+        self.shape, self.max_batch = tuple(shape), max_batch
+        self.engine: tuple[Callable[[np.ndarray], np.ndarray], dict] | None = None
+        # Count examples, not requests: one engine call never exceeds the built max batch.
+        self.infer.set_max_batch_size(max_batch)
+
+    async def reconfigure(self, champion: dict) -> None:
+        """Load the new champion's engine fully, then swap: requests in flight keep the old one."""
+        from orchestrator.engines import load_runner
+
+        def load():
+            runner = load_runner(champion["backend"], Path(champion["engine"]))
+            runner(np.zeros((1, *self.shape), np.float32))  # first call allocates; not on a request
+            return runner
+
+        runner = await asyncio.to_thread(load)
+        info = {"version": champion["version"], "precision": champion["precision"], "backend": champion["backend"],
+                "engine": Path(champion["engine"]).name, "loaded_at": datetime.now(timezone.utc).isoformat()}
+        self.engine = (runner, info)
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=BATCH_WAIT_S, batch_size_fn=_examples)
+    async def infer(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, dict]]:
+        runner, info = self.engine  # one engine for the whole batch, even if a swap lands now
+        logits = runner(np.concatenate(batches))
+        return [(out, info) for out in np.split(logits, np.cumsum([len(b) for b in batches])[:-1])]
+
+    @http.post("/predict")
+    async def predict(self, request: Request) -> JSONResponse:
+        try:
+            length = request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > MAX_BODY_BYTES:
+                raise BadInput(413, f"body over {MAX_BODY_BYTES} bytes: split the batch")
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise BadInput(413, f"body over {MAX_BODY_BYTES} bytes: split the batch")
+            x = parse_inputs(bytes(body), self.shape, self.max_batch)
+        except BadInput as e:
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+        logits, info = await self.infer(x)
+        return JSONResponse({"outputs": logits.tolist(), "predictions": logits.argmax(1).tolist(),
+                             "version": info["version"], "precision": info["precision"], "backend": info["backend"]})
+
+    @http.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "version": self.engine[1]["version"]}
+
+    @http.get("/version")
+    async def current(self) -> dict:
+        return self.engine[1]
+
+
+def app(args: dict):
+    """The application builder the declarative config names by import path."""
+    return Champion.bind(args["shape"], args["max_batch"])
+
+
+def _get(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+
+
+class Server:
+    """A running application serving a pipeline's champion; `stop()` takes it down."""
+
+    def __init__(self, pipeline, registry, versions: Path, url: str, poll_s: float, say: Callable[[str], None]):
+        self.pipeline, self.registry, self.versions = pipeline, registry, versions
+        self.url, self.poll_s, self.say = url, poll_s, say
+        self.app = f"plaster-{pipeline.name}"
+        self.version: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"{self.app}-watcher", daemon=True)
+
+    def wait_for_version(self, version: str, timeout: float = 30.0) -> None:
+        """Block until the server answers with `version` (TimeoutError after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while (_get(f"{self.url}/version") or {}).get("version") != str(version):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.url} still serves v{self.version}, not v{version}, after {timeout:.0f}s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self.app in serve.status().applications:
+            serve.delete(self.app)
+        if not serve.status().applications:  # frees the HTTP port; others' apps keep Serve up
+            serve.shutdown()
+
+    def _champion(self, version: str) -> dict:
+        """Fetch a version's bundle and check its engine loads and runs here, before any replica sees it."""
+        from orchestrator.engines import load_runner
+
+        ref = self.registry.fetch(self.pipeline.name, version, self.versions)
+        engine = Path(ref.folder) / json.loads((Path(ref.folder) / "manifest.json").read_text())["engine"]
+        try:
+            load_runner(ref.backend, engine)(np.zeros((1, *self.pipeline.config.data.features.shape), np.float32))
+        except Exception as e:
+            raise RegistryError(f"{self.pipeline.name} v{version}: its {ref.precision} {ref.backend} engine {engine} "
+                                f"does not run here ({e}); roll the champion back (`plaster rollback`)") from None
+        return {"version": ref.version, "precision": ref.precision, "backend": ref.backend, "engine": str(engine)}
+
+    def _deploy(self, champion: dict, timeout: float) -> None:
+        from ray.serve.context import _get_global_client
+        from ray.serve.schema import ServeDeploySchema
+
+        cfg = self.pipeline.config
+        _get_global_client().deploy_apps(ServeDeploySchema(applications=[{
+            "name": self.app, "route_prefix": "/", "import_path": "orchestrator.serving:app",
+            "args": {"shape": list(cfg.data.features.shape), "max_batch": cfg.build.max_batch},
+            "deployments": [{"name": "Champion", "user_config": champion}],
+        }]))
+        deadline = time.monotonic() + timeout
+        while (_get(f"{self.url}/version") or {}).get("version") != champion["version"]:
+            status = serve.status().applications.get(self.app)
+            if status is not None and status.status == "DEPLOY_FAILED":
+                raise PlasterError(f"Ray Serve could not deploy {self.pipeline.name} v{champion['version']}: "
+                                   f"{status.message}")
+            if time.monotonic() > deadline:
+                raise PlasterError(f"v{champion['version']} did not answer at {self.url} within {timeout:.0f}s: is the "
+                                   "port taken, or Serve already running on another port in this Ray cluster "
+                                   "(`serve shutdown`)? Ray's logs are in the Ray session folder")
+            time.sleep(0.2)
+        self.version = champion["version"]
+        self.say(f"serving {self.pipeline.name} v{self.version} ({champion['precision']}, {champion['backend']}) "
+                 f"at {self.url}")
+
+    def _watch(self) -> None:
+        last_error = None
+        while not self._stop.wait(self.poll_s):
+            try:
+                version = self.registry.alias(self.pipeline.name, "champion")
+                if version is not None and version != self.version:
+                    self.say(f"champion moved to v{version}: swapping from v{self.version}…")
+                    self._deploy(self._champion(version), timeout=60)
+                last_error = None
+            # The thread must outlive a flaky registry or a broken bundle: keep serving the
+            # current engine and try again at the next poll, reporting each problem once.
+            except Exception as e:
+                if str(e) != last_error:
+                    self.say(f"still serving v{self.version}: {e}")
+                last_error = str(e)
+
+
+def start(folder, port: int = 8000, host: str = "127.0.0.1", poll_s: float = 1.0,
+          say: Callable[[str], None] = lambda m: None) -> Server:
+    """Serve the champion of the pipeline in `folder` at http://host:port and follow its alias.
+
+    Raises:
+        RegistryError: no champion yet, or its engine does not run here.
+        PlasterError: Ray Serve did not bring the application up.
+    """
+    from orchestrator.api import registry_for
+    from orchestrator.config import load_pipeline
+    from orchestrator.runtime import ensure_ray
+    from orchestrator.workspace import Workspace
+
+    ws = Workspace.from_env()
+    pipeline = load_pipeline(folder)
+    registry = registry_for(ws)
+    version = registry.alias(pipeline.name, "champion")
+    if version is None:
+        raise RegistryError(f"'{pipeline.name}' has no champion to serve: run a cycle first (`plaster run {folder}`) "
+                            "or approve a held version (`plaster approve`)")
+    server = Server(pipeline, registry, ws.home / "versions" / pipeline.name, f"http://{host}:{port}", poll_s, say)
+    champion = server._champion(version)
+    ensure_ray(ws)
+    serve.start(http_options={"host": host, "port": port})
+    try:
+        server._deploy(champion, timeout=180)
+    except BaseException:
+        server.stop()
+        raise
+    server._thread.start()
+    return server
+
+
+def serve_forever(folder, port: int = 8000, host: str = "127.0.0.1", poll_s: float = 1.0,
+                  say: Callable[[str], None] = lambda m: None) -> None:
+    """What `plaster serve` runs: serve until SIGINT or SIGTERM, then take the application down."""
+    import signal
+
+    server = start(folder, port, host, poll_s, say)
+    done = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not done.wait(0.5):  # a timed wait lets the main thread run the signal handler
+            pass
+    finally:
+        say("stopping…")
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        say("stopped")
