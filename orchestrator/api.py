@@ -253,3 +253,28 @@ def history(folder: str | Path, last: int = 50) -> dict[str, Any]:
             "alias_moves": [m for m in moves if m.get("cycle_id") == r["id"]],
         })
     return {"pipeline": pipeline.name, "cycles": cycles, "alias_moves": moves}
+
+
+def report(folder: str | Path, out: str | Path, last: int = 50, registry=None) -> dict[str, Any]:
+    """history() as an HTML report with plots in `out`, also logged to MLflow as a run
+    `report-<time>` (artifacts under report/, DevOps figures as metrics)."""
+    import time
+
+    from orchestrator import report as rep
+
+    h = history(folder, last)
+    now = time.time()
+    files = rep.write_html(h, Path(out), now=now)
+    figures = rep.devops(h, now)
+    registry = registry or registry_for(Workspace.from_env())
+    run_id = registry.start_run(h["pipeline"], time.strftime("report-%Y%m%d-%H%M%S", time.gmtime(now)),
+                                {"plaster.report": "true"})
+    try:
+        registry.log_artifacts(run_id, Path(out), "report")
+        registry.log_metrics(run_id, {f"devops.{k}": v for k, v in figures.items()
+                                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    except BaseException:
+        registry.end_run(run_id, "FAILED")
+        raise
+    registry.end_run(run_id, "FINISHED")
+    return {"files": [str(p) for p in files], "run_id": run_id, "tracking_uri": registry.tracking_uri, "devops": figures}

@@ -149,6 +149,31 @@ def schedule(pipelines: list[Path] = typer.Argument(..., help="pipeline folders 
     say("stopped")
 
 
+@app.command()
+def history(pipeline: Path, as_json: bool = typer.Option(False, "--json"),
+            last: int = typer.Option(50, help="how many recent cycles")):
+    """Cycles with decisions, timings and accuracy on new data; every champion move; DevOps figures."""
+    from orchestrator import api, report
+
+    h = _guard(lambda: api.history(pipeline, last=last))
+    if as_json:
+        print(json.dumps({**h, "devops": report.devops(h)}, indent=2))
+    else:
+        report.history_table(console, h)
+
+
+@app.command("report")
+def report_cmd(pipeline: Path, out: Path = typer.Option(..., "--out", help="folder for index.html, PNGs, history.json"),
+               last: int = typer.Option(50, help="how many recent cycles")):
+    """A static HTML report of the rate of learning, also logged to the pipeline's MLflow experiment."""
+    from orchestrator import api
+
+    logging.basicConfig(level=logging.WARNING)
+    with contextlib.redirect_stdout(sys.stderr):  # MLflow's "View run" line is not the report
+        r = _guard(lambda: api.report(pipeline, out, last=last))
+    console.print(f"report: {out / 'index.html'}; logged to MLflow run {r['run_id']} ({r['tracking_uri']})")
+
+
 @app.command("validate-config")
 def validate_config(pipeline: Path):
     """Check pipeline.yaml and model.py; report every error at once."""

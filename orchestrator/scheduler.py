@@ -23,7 +23,7 @@ from typing import Callable
 from orchestrator import ledger
 from orchestrator import record as records
 from orchestrator.config import Pipeline, load_pipeline
-from orchestrator.errors import ConfigError, CycleLockedError, PlasterError
+from orchestrator.errors import ConfigError, CycleLockedError, PlasterError, ResumeError
 from orchestrator.metrics import Metrics
 from orchestrator.workspace import Workspace
 
@@ -148,11 +148,13 @@ class Daemon:
         if self.stop.is_set():
             return None
         p = self.pipelines[folder]
-        self.say(f"{p.name}: {trigger} trigger, starting a cycle")
+        unfinished = records.unfinished(self.ws, p.name)
+        # Whatever fired, finish the cycle a SIGTERM interrupted before starting another.
+        resuming = unfinished is not None and unfinished["state"] == records.INTERRUPTED
+        self.say(f"{p.name}: {trigger} trigger, " + ("resuming the interrupted cycle" if resuming else "starting a cycle"))
         try:
-            rec = api.run_cycle(folder, resume=trigger == "resume", trigger=trigger, registry=self.registry,
-                                stop=self.stop)
-        except CycleLockedError:
+            rec = api.run_cycle(folder, resume=resuming, trigger=trigger, registry=self.registry, stop=self.stop)
+        except (CycleLockedError, ResumeError):  # another trigger got there first
             self.say(f"{p.name}: a cycle is already running; the {trigger} trigger is folded into it")
             return None
         except PlasterError as e:

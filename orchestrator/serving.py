@@ -8,13 +8,12 @@ it fetches that version's bundle and deploys the same application again with onl
 new engine beside the old one and swaps the reference: requests in flight finish on the
 old engine and none fails.
 
-The deploy is declarative (an import path plus a config, what `serve deploy` does), not
-`serve.run`: `serve.run` gives every deploy a new code version, so Serve replaces the
-replica (a new process) instead of reconfiguring it. A declarative config also removes the
-other applications deployed that way: one pipeline per Serve instance.
+The deploy is declarative (an import path plus a config, as `serve deploy` does): `serve.run`
+gives every deploy a new code version, so Serve would replace the replica (a new process)
+instead of reconfiguring it. A declarative config also removes the other applications
+deployed that way: one pipeline per Serve instance. No `from __future__ import annotations`:
+FastAPI reads the routes' annotations at runtime.
 """
-
-from __future__ import annotations
 
 import asyncio
 import json
@@ -41,14 +40,7 @@ http = FastAPI(title="plaster", docs_url=None, redoc_url=None)
 class BadInput(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
-        self.status = status
-
-
-def _depth(v) -> int:
-    d = 0
-    while isinstance(v, list):
-        d, v = d + 1, (v[0] if v else None)
-    return d
+        self.status = status  # the HTTP status the client gets
 
 
 def _no_constant(name: str):
@@ -72,8 +64,6 @@ def parse_inputs(body: bytes, shape: tuple[int, ...], max_batch: int) -> np.ndar
         raise BadInput(422, f'"inputs" must be a list of numbers: {want}')
     if not inputs:
         raise BadInput(422, f'"inputs" is an empty batch: send {want}')
-    if _depth(inputs) > len(shape) and len(inputs) > max_batch:
-        raise BadInput(413, f"{len(inputs)} examples in one request; at most {max_batch} (build.max_batch): split the batch")
     ragged = f'"inputs" is a ragged nested list: every example must have shape {list(shape)}'
     try:
         cells = np.array(inputs, dtype=object)
@@ -94,11 +84,10 @@ def parse_inputs(body: bytes, shape: tuple[int, ...], max_batch: int) -> np.ndar
         x = None
     if x is None or not np.isfinite(x).all():
         raise BadInput(422, '"inputs" holds numbers beyond float32 range')
-    return x.reshape(-1, *shape)
-
-
-def _examples(batches: list[np.ndarray]) -> int:
-    return sum(len(b) for b in batches)
+    x = x.reshape(-1, *shape)
+    if len(x) > max_batch:
+        raise BadInput(413, f"{len(x)} examples in one request; at most {max_batch} (build.max_batch): split the batch")
+    return x
 
 
 @serve.deployment(
@@ -130,7 +119,7 @@ class Champion:
                 "engine": Path(champion["engine"]).name, "loaded_at": datetime.now(timezone.utc).isoformat()}
         self.engine = (runner, info)
 
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=BATCH_WAIT_S, batch_size_fn=_examples)
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=BATCH_WAIT_S, batch_size_fn=lambda batches: sum(map(len, batches)))
     async def infer(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, dict]]:
         runner, info = self.engine  # one engine for the whole batch, even if a swap lands now
         logits = runner(np.concatenate(batches))
@@ -138,15 +127,16 @@ class Champion:
 
     @http.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
+        too_big = BadInput(413, f"body over {MAX_BODY_BYTES} bytes: split the batch")
         try:
             length = request.headers.get("content-length", "")
             if length.isdigit() and int(length) > MAX_BODY_BYTES:
-                raise BadInput(413, f"body over {MAX_BODY_BYTES} bytes: split the batch")
+                raise too_big
             body = bytearray()
-            async for chunk in request.stream():
+            async for chunk in request.stream():  # stop reading a chunked body at the limit
                 body += chunk
                 if len(body) > MAX_BODY_BYTES:
-                    raise BadInput(413, f"body over {MAX_BODY_BYTES} bytes: split the batch")
+                    raise too_big
             x = parse_inputs(bytes(body), self.shape, self.max_batch)
         except BadInput as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
@@ -196,6 +186,9 @@ class Server:
             time.sleep(0.1)
 
     def stop(self) -> None:
+        """Stop following the alias and take the application down; a second call does nothing."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
@@ -234,9 +227,8 @@ class Server:
                 raise PlasterError(f"Ray Serve could not deploy {self.pipeline.name} v{champion['version']}: "
                                    f"{status.message}")
             if time.monotonic() > deadline:
-                raise PlasterError(f"v{champion['version']} did not answer at {self.url} within {timeout:.0f}s: is the "
-                                   "port taken, or Serve already running on another port in this Ray cluster "
-                                   "(`serve shutdown`)? Ray's logs are in the Ray session folder")
+                raise PlasterError(f"v{champion['version']} did not answer at {self.url} within {timeout:.0f}s; "
+                                   "see logs/serve in the Ray session folder (default /tmp/ray/session_latest)")
             time.sleep(0.2)
         self.version = champion["version"]
         self.say(f"serving {self.pipeline.name} v{self.version} ({champion['precision']}, {champion['backend']}) "
@@ -257,6 +249,24 @@ class Server:
                 if str(e) != last_error:
                     self.say(f"still serving v{self.version}: {e}")
                 last_error = str(e)
+
+
+def _http_on(host: str, port: int) -> None:
+    """Start Serve with its HTTP proxy on host:port, or fail naming the fix."""
+    from ray.serve.context import _get_global_client
+
+    try:
+        serve.start(http_options={"host": host, "port": port})
+    except RuntimeError as e:
+        if "bind" not in str(e):
+            raise
+        serve.shutdown()  # a controller left without its proxy would capture the next start
+        raise PlasterError(f"cannot listen on {host}:{port}: another program holds it; pass another --port") from None
+    # A Serve already running in this Ray cluster keeps its own address and ignores ours.
+    http = _get_global_client().http_config
+    if (http.host, http.port) != (host, port):
+        raise PlasterError(f"Ray Serve already runs in this Ray cluster with HTTP on {http.host}:{http.port}: serve "
+                           f"there (--host {http.host} --port {http.port}) or stop it first (`serve shutdown`)")
 
 
 def start(folder, port: int = 8000, host: str = "127.0.0.1", poll_s: float = 1.0,
@@ -282,7 +292,7 @@ def start(folder, port: int = 8000, host: str = "127.0.0.1", poll_s: float = 1.0
     server = Server(pipeline, registry, ws.home / "versions" / pipeline.name, f"http://{host}:{port}", poll_s, say)
     champion = server._champion(version)
     ensure_ray(ws)
-    serve.start(http_options={"host": host, "port": port})
+    _http_on(host, port)
     try:
         server._deploy(champion, timeout=180)
     except BaseException:

@@ -41,9 +41,10 @@ def cycles(tmp_path_factory):
     # No new data.
     skipped = api.run_cycle(digits)
     # A deliberately worse candidate.
-    api.simulate(digits, shards=4, shuffle_labels=True)
+    bad_shards = api.simulate(digits, shards=4, shuffle_labels=True)
     bad = api.run_cycle(digits)
-    yield SimpleNamespace(digits=digits, src=src, first=first, second=second, skipped=skipped, bad=bad)
+    yield SimpleNamespace(digits=digits, src=src, first=first, second=second, skipped=skipped, bad=bad,
+                          bad_shards=bad_shards)
     mp.undo()
 
 
@@ -126,3 +127,53 @@ def test_gate_exit_codes_reject_and_hold(cycles):
     from mlflow import MlflowClient
 
     assert str(MlflowClient().get_model_version_by_alias("digits", "champion").version) == "2", "gate moves no alias"
+
+
+def test_held_version_approved_then_rolled_back_and_the_history_shows_it(cycles, tmp_path):
+    from mlflow import MlflowClient
+
+    client, runner = MlflowClient(), CliRunner()
+    yaml = cycles.digits / "pipeline.yaml"
+    text = yaml.read_text()
+    yaml.write_text(text.replace("promotion: auto", "promotion: manual"))
+    for shard in cycles.bad_shards:  # what a user does after that REJECT: set the bad shards aside
+        shard.rename(cycles.src / "_quarantine" / shard.name)
+    try:
+        api.simulate(cycles.digits, shards=4)
+        held = api.run_cycle(cycles.digits)
+    finally:
+        yaml.write_text(text)
+    assert held["decision"] == "HELD", held["reasons"]
+    v = held["version"]
+    assert str(client.get_model_version_by_alias("digits", "challenger").version) == v
+    assert str(client.get_model_version_by_alias("digits", "champion").version) == "2", "held, not promoted"
+
+    approved = runner.invoke(app, ["approve", str(cycles.digits), v, "--reason", "plots look right"])
+    assert approved.exit_code == 0, approved.output
+    assert str(client.get_model_version_by_alias("digits", "champion").version) == v
+    assert str(client.get_model_version_by_alias("digits", "previous").version) == "2"
+    again = runner.invoke(app, ["approve", str(cycles.digits), v])
+    assert again.exit_code == 1 and "not awaiting approval" in again.output
+
+    rolled = runner.invoke(app, ["rollback", str(cycles.digits), "--reason", "p99 doubled in production"])
+    assert rolled.exit_code == 0, rolled.output
+    assert str(client.get_model_version_by_alias("digits", "champion").version) == "2"
+    assert client.get_model_version("digits", v).tags["plaster.rolled_back"] == "true"
+
+    h = json.loads(runner.invoke(app, ["history", str(cycles.digits), "--json"]).stdout)
+    kinds = [(m["kind"], m["from"], m["to"]) for m in h["alias_moves"]]
+    assert kinds == [("promote", None, "1"), ("promote", "1", "2"), ("approve", "2", v), ("rollback", v, "2")]
+    assert h["alias_moves"][-1]["reason"] == "p99 doubled in production"
+    assert h["devops"]["change_failure_rate"] == pytest.approx(1 / 3)
+    table = runner.invoke(app, ["history", str(cycles.digits)])
+    assert table.exit_code == 0 and "p99 doubled in production" in table.output and "HELD" in table.output
+
+    out = tmp_path / "report"
+    rep = runner.invoke(app, ["report", str(cycles.digits), "--out", str(out)])
+    assert rep.exit_code == 0, rep.output
+    html = (out / "index.html").read_text()
+    assert "cycle_time.png" in html and "p99 doubled in production" in html
+    assert all((out / f).read_bytes().startswith(b"\x89PNG") for f in ("cycle_time.png", "stages.png", "accuracy.png"))
+    runs = client.search_runs([client.get_experiment_by_name("plaster/digits").experiment_id],
+                              "tags.`plaster.report` = 'true'")
+    assert len(runs) == 1 and {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")} >= {"report/index.html"}
