@@ -8,7 +8,7 @@ export PLASTER_HOME ?= $(CURDIR)/.plaster
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-unit bench-gate clean-home
+.PHONY: setup demo test test-unit bench-gate bench-serve clean-home
 
 setup: $(STAMP)
 
@@ -34,6 +34,9 @@ test-unit: setup
 
 bench-gate: setup
 	$(BIN)/python benchmarks/gate_quality.py
+
+bench-serve: setup
+	$(BIN)/python benchmarks/serve.py
 
 clean-home:
 	rm -rf $(PLASTER_HOME)

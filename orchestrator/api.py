@@ -44,10 +44,15 @@ def run_cycle(folder: str | Path, resume: bool = False, wait: bool = False, trig
 
 
 def status(folder: str | Path, last: int = 10, registry=None) -> dict[str, Any]:
+    from orchestrator.registry import read_aliases
+
     ws = Workspace.from_env()
     pipeline = load_pipeline(folder)
-    registry = registry or registry_for(ws)
-    aliases = {a: registry.alias(pipeline.name, a) for a in ("champion", "challenger", "previous")}
+    found = read_aliases(ws.tracking_uri, pipeline.name) if registry is None else None
+    if found is None:  # a store only MLflow's client reads (or a registry handed in)
+        registry = registry or registry_for(ws)
+        found = {a: registry.alias(pipeline.name, a) for a in ("champion", "challenger", "previous")}
+    aliases = {a: found.get(a) for a in ("champion", "challenger", "previous")}
     cycles = []
     for r in records.load_all(ws, pipeline.name)[-last:]:
         cycles.append({
@@ -58,8 +63,8 @@ def status(folder: str | Path, last: int = 10, registry=None) -> dict[str, Any]:
             "quarantined": [{"name": q["name"], "reason": q["reason"], "moved_to": q["moved_to"]} for q in r["quarantined"]],
             "error": r["error"], "run_id": r["run_id"],
         })
-    return {"pipeline": pipeline.name, "tracking_uri": registry.tracking_uri, "registered_model": pipeline.name,
-            "champion": {"name": pipeline.name, "version": aliases["champion"]}, "aliases": aliases,
+    return {"pipeline": pipeline.name, "tracking_uri": registry.tracking_uri if registry else ws.tracking_uri,
+            "registered_model": pipeline.name, "champion": {"name": pipeline.name, "version": aliases["champion"]}, "aliases": aliases,
             "plaster_home": str(ws.home), "cycles": cycles}
 
 

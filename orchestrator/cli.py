@@ -174,6 +174,24 @@ def report_cmd(pipeline: Path, out: Path = typer.Option(..., "--out", help="fold
     console.print(f"report: {out / 'index.html'}; logged to MLflow run {r['run_id']} ({r['tracking_uri']})")
 
 
+@app.command()
+def serve(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.yaml + model.py)"),
+          port: int = typer.Option(8000, help="HTTP port"),
+          host: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0: all)"),
+          poll: float = typer.Option(1.0, "--poll", help="seconds between reads of the champion alias")):
+    """Serve the champion over HTTP (POST /predict, GET /healthz, /version); follows promotions and rollbacks."""
+    import time
+
+    from orchestrator import serving
+
+    logging.basicConfig(level=logging.WARNING)
+
+    def say(msg: str) -> None:
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}")
+
+    _guard(lambda: serving.serve_forever(pipeline, port=port, host=host, poll_s=poll, say=say))
+
+
 @app.command("validate-config")
 def validate_config(pipeline: Path):
     """Check pipeline.yaml and model.py; report every error at once."""

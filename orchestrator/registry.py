@@ -226,3 +226,46 @@ class MlflowRegistry:
         except Exception as e:
             raise RegistryError(f"{model} v{version} does not load or run through MLflow ({e}); it gets no alias") from None
         return np.asarray(next(iter(out.values())) if isinstance(out, dict) else out)
+
+
+def read_aliases(tracking_uri: str, model: str) -> dict[str, str] | None:
+    """alias -> version of a registered model, read without importing mlflow (which costs
+    ~3 s): `plaster status` must answer at once. SQLite stores are read-only queried,
+    servers through the REST API; None means "ask MlflowClient" (another store type)."""
+    if tracking_uri.startswith("sqlite:///"):
+        import sqlite3
+
+        db = tracking_uri[len("sqlite:///"):]
+        if not os.path.exists(db):
+            return {}
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT alias, version FROM registered_model_aliases WHERE name = ?", (model,)).fetchall()
+        except sqlite3.OperationalError:  # no registry tables yet
+            return {}
+        finally:
+            con.close()
+        return {a: str(v) for a, v in rows}
+    if tracking_uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        req = urllib.request.Request(f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/registered-models/get?"
+                                     + urllib.parse.urlencode({"name": model}))
+        if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            req.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+        elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
+            return None  # basic auth and friends: let MlflowClient handle them
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                body = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return {}
+            raise RegistryError(f"MLflow at {tracking_uri} answered {e.code} reading {model}: {e.reason}") from None
+        except OSError as e:
+            raise RegistryError(f"MLflow at {tracking_uri} is unreachable ({e}); is the server up? "
+                                "(MLFLOW_TRACKING_URI)") from None
+        return {a["alias"]: str(a["version"]) for a in body.get("registered_model", {}).get("aliases", [])}
+    return None

@@ -56,3 +56,4 @@ def mlflow_server(tmp_path):
     proc.terminate()
     proc.wait(timeout=30)
     log.close()
+

@@ -2,7 +2,6 @@
 `plaster gate` re-judging the registered versions."""
 
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,20 +13,15 @@ from typer.testing import CliRunner
 from orchestrator import api
 from orchestrator.cli import app
 
+from homes import module_home
+
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def cycles(tmp_path_factory):
     """Four cycles on one registry: PROMOTED v1, PROMOTED v2, SKIPPED, REJECTED v3 (shuffled labels)."""
-    mp = pytest.MonkeyPatch()
-    tmp = tmp_path_factory.mktemp("cycles")
-    mp.setenv("PLASTER_HOME", str(tmp / "plaster-home"))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mp.delenv("PLASTER_CRASH_AFTER", raising=False)
-    digits = tmp / "pipelines" / "digits"
-    shutil.copytree(ROOT / "pipelines" / "digits", digits)
+    mp, digits = module_home(tmp_path_factory, "cycles")
 
     # Cycle 1: four shards plus a corrupt one and a wrong-schema one.
     shards = api.simulate(digits, shards=4)

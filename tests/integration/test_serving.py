@@ -4,7 +4,7 @@ The tests share one server and run in file order: v1 served, bad input refused, 
 promotion to v2 swapped in under load, a rollback to v1 followed, the application stopped.
 """
 
-import shutil
+import json
 import socket
 import threading
 import time
@@ -20,8 +20,9 @@ from orchestrator.dataset import load_arrays
 from orchestrator.errors import PlasterError, RegistryError
 from orchestrator.workspace import Workspace
 
+from homes import module_home
+
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -81,13 +82,7 @@ class Clients:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """One real cycle (PROMOTED v1), then the server on a free port, watching the alias."""
-    mp = pytest.MonkeyPatch()
-    tmp = tmp_path_factory.mktemp("serving")
-    mp.setenv("PLASTER_HOME", str(tmp / "plaster-home"))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mp.delenv("PLASTER_CRASH_AFTER", raising=False)
-    digits = tmp / "pipelines" / "digits"
-    shutil.copytree(ROOT / "pipelines" / "digits", digits)
+    mp, digits = module_home(tmp_path_factory, "serving")
     api.simulate(digits, shards=4)
     first = api.run_cycle(digits)
     assert first["decision"] == "PROMOTED" and first["version"] == "1", first["reasons"]
@@ -103,16 +98,15 @@ def served(tmp_path_factory):
 def promoted(served):
     """Cycle 2 runs while 8 clients hammer the server; the alias moves to v2 under their load."""
     srv = served.server
+    replicas = _replicas()
     with Clients(srv.url, served.gx[0].tolist(), n=8) as clients:
         api.simulate(served.digits, shards=4)
         second = api.run_cycle(served.digits)
         if second["decision"] != "PROMOTED":
             pytest.fail(f"cycle 2 was {second['decision']}, so there is no swap to test: {second['reasons']}")
-        moved = time.monotonic()
-        srv.wait_for_version(second["version"], timeout=15)
-        swap_s = time.monotonic() - moved
+        srv.wait_for_version(second["version"], timeout=10)
         time.sleep(2)  # keep the load on past the swap
-    return SimpleNamespace(second=second, clients=clients, swap_s=swap_s)
+    return SimpleNamespace(second=second, clients=clients, replicas_before=replicas, replicas_after=_replicas())
 
 
 def _post(url: str, **kw) -> requests.Response:
@@ -145,7 +139,9 @@ def test_serves_the_champion_with_the_engine_validation_measured(served):
     from orchestrator.engines import load_runner
 
     bundle = Workspace.from_env().home / "versions" / "digits" / "v1"
-    runner = load_runner(info["backend"], next(bundle.glob(f"engines/{info['engine']}")))
+    engine = bundle / json.loads((bundle / "manifest.json").read_text())["engine"]
+    assert engine.name == info["engine"]
+    runner = load_runner(info["backend"], engine)
     outputs, predictions = [], []
     for i in range(0, len(served.gx), 64):
         r = _post(url, json={"inputs": served.gx[i:i + 64].tolist()})
@@ -187,7 +183,6 @@ def test_a_second_server_on_another_port_is_refused_and_the_first_serves_on(serv
 def test_promotion_is_swapped_in_under_load_without_a_failed_request(served, promoted):
     clients, srv = promoted.clients, served.server
     assert promoted.second["version"] == "2" and srv.version == "2"
-    assert promoted.swap_s < 10, f"v2 answered {promoted.swap_s:.1f}s after the alias moved"
     assert clients.failures == [], clients.failures[:5]
     assert len(clients.answers) > 200, "the clients barely ran"
     seen = {v for _, _, v in clients.answers}
@@ -197,22 +192,19 @@ def test_promotion_is_swapped_in_under_load_without_a_failed_request(served, pro
         first_v2 = versions.index("2")
         assert set(versions[first_v2:]) == {"2"}, f"client {client} saw v1 after v2"
     assert any("champion moved to v2" in m for m in served.said)
-    assert len(_replicas()) == 1, "the replica was reconfigured in place, not replaced"
+    assert len(promoted.replicas_before) == 1
+    assert promoted.replicas_after == promoted.replicas_before, "the replica is reconfigured in place, not replaced"
 
 
 def test_rollback_is_served_within_seconds(served, promoted):
-    from mlflow import MlflowClient
-
     srv = served.server
     replicas = _replicas()
     with Clients(srv.url, served.gx[0].tolist(), n=4) as clients:
         time.sleep(0.5)
-        MlflowClient(tracking_uri=Workspace.from_env().tracking_uri).set_registered_model_alias("digits", "champion", "1")
-        moved = time.monotonic()
+        api.rollback(served.digits, "serving test: back to v1")  # `plaster rollback`: champion -> previous
         srv.wait_for_version("1", timeout=10)
-        took = time.monotonic() - moved
         time.sleep(1)
-    assert took < 10 and srv.version == "1"
+    assert srv.version == "1"
     assert clients.failures == [], clients.failures[:5]
     assert clients.answers[-1][2] == "1"
     assert _replicas() == replicas, "a rollback reconfigures the same replica"
