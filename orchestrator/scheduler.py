@@ -132,6 +132,7 @@ class Daemon:
         from orchestrator.stages import ingest
 
         p = self.pipelines[folder]
+        self._observe_champion(p.name)  # the alias may have moved without us (approve, rollback)
         champion = self.registry.champion(p.name, self.ws.home / "champions" / p.name)
         learned = set(self.registry.lineage(champion)) if champion else set()
         rows, oldest = ingest.pending(p.source, learned)
@@ -169,5 +170,6 @@ class Daemon:
         return rec
 
     def _observe_champion(self, name: str) -> None:
-        moves = [m for m in ledger.load(self.ws, name) if m["alias"] == "champion"]
+        moves = [m for m in ledger.load(self.ws, name)
+                 if m["alias"] == "champion" and m["kind"] in (ledger.PROMOTE, ledger.APPROVE)]
         self.metrics.observe_champion(name, self.registry.alias(name, "champion"), moves[-1]["at"] if moves else None)
