@@ -81,6 +81,8 @@ def main() -> None:
             runs["plaster cold"].append(time.perf_counter() - t0)
             if out.returncode != 0:
                 sys.exit(f"plaster run failed: {out.stderr[-2000:]}")
+            if "SKIPPED" in out.stdout:
+                sys.exit(f"the cold cycle did not train: {out.stdout[-2000:]}")
             rec = json.loads(sorted((home / "cycles" / "digits").glob("*/record.json"))[-1].read_text())
             stages["plaster cold"].append({n: s["seconds"] for n, s in rec["stages"].items()})
 
@@ -89,6 +91,8 @@ def main() -> None:
             t0 = time.perf_counter()
             rec = api.run_cycle(digits)
             runs["plaster warm"].append(time.perf_counter() - t0)
+            if rec["decision"] not in ("PROMOTED", "REJECTED", "HELD"):
+                sys.exit(f"the warm cycle did not train: {rec['decision']} {rec['reasons']}")
             stages["plaster warm"].append({n: s["seconds"] for n, s in rec["stages"].items()})
 
             snap = Path(rec["stages"]["ingest"]["output"]["train_file"]).parent

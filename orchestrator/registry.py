@@ -36,8 +36,16 @@ class MlflowRegistry:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.tracking_uri = tracking_uri
         self._artifact_root = artifact_root
-        mlflow.set_tracking_uri(tracking_uri)
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        mlflow.set_tracking_uri(tracking_uri)  # for mlflow.pyfunc's models:/ resolution
         mlflow.set_registry_uri(tracking_uri)
+        # MLflow also exports these to the environment, where they would outrank PLASTER_HOME
+        # for every later Workspace in this process and every child process: undo that.
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     # --- cycle runs -----------------------------------------------------------------------
