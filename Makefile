@@ -8,7 +8,7 @@ export PLASTER_HOME ?= $(CURDIR)/.plaster
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-unit bench-gate bench-serve clean-home
+.PHONY: setup demo test test-unit bench bench-gate bench-serve clean-home
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ test: setup
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit
+
+bench: setup
+	$(BIN)/python benchmarks/cycle_time.py
 
 bench-gate: setup
 	$(BIN)/python benchmarks/gate_quality.py

@@ -38,24 +38,28 @@ def test_bad_yaml_and_missing_folder(tmp_path, digits):
         load_pipeline(digits)
 
 
-def test_gate_slice_and_precision_checks(digits):
+def config_errors(digits, **edits) -> str:
+    """The ConfigError message after replacing each `old` with `new` in pipeline.yaml."""
     text = (digits / "pipeline.yaml").read_text()
-    text = text.replace("accuracy_min: {golden: 0.85, new: 0.70}", "accuracy_min: {golde: 0.85}")
-    text = text.replace("precisions: [fp32, fp16, int8]", "precisions: [fp16, int4]")
+    for old, new in edits.values():
+        assert old in text, old
+        text = text.replace(old, new)
     (digits / "pipeline.yaml").write_text(text)
     with pytest.raises(ConfigError) as e:
         load_pipeline(digits)
-    assert "gate" in str(e.value) and "golde" in str(e.value)
-    assert "build.precisions" in str(e.value)
+    return str(e.value)
+
+
+def test_gate_slice_and_precision_checks(digits):
+    msg = config_errors(digits, slice=("accuracy_min: {golden: 0.85, new: 0.70}", "accuracy_min: {golde: 0.85}"),
+                        precision=("precisions: [fp32, fp16, int8]", "precisions: [fp16, int4]"))
+    assert "gate" in msg and "golde" in msg
+    assert "build.precisions" in msg
 
 
 def test_gate_rules_must_name_known_slices_and_rules(digits):
-    text = (digits / "pipeline.yaml").read_text()
-    text = text.replace("non_inferiority: {golden: 0.05, new: 0.02}", "non_inferiority: {golden: 0.05, hard: 0.02}")
-    text = text.replace("required: []", "required: [energy]")
-    (digits / "pipeline.yaml").write_text(text)
-    with pytest.raises(ConfigError) as e:
-        load_pipeline(digits)
-    msg = str(e.value)
+    msg = config_errors(digits, slice=("non_inferiority: {golden: 0.05, new: 0.02}",
+                                       "non_inferiority: {golden: 0.05, hard: 0.02}"),
+                        rule=("required: []", "required: [energy]"))
     assert "gate.non_inferiority: unknown slice 'hard'" in msg and "data.slices" in msg
     assert "gate.required" in msg and "energy_j_per_1k_max" in msg
