@@ -170,6 +170,19 @@ def _get(url: str) -> dict | None:
         return None
 
 
+def _listening(url: str) -> bool:
+    """Whether something still accepts TCP connections at the url's host and port."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    try:
+        with socket.create_connection((u.hostname, u.port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 class Server:
     """A running application serving a pipeline's champion; `stop()` takes it down."""
 
@@ -200,6 +213,11 @@ class Server:
             serve.delete(self.app)
         if not serve.status().applications:  # frees the HTTP port; others' apps keep Serve up
             serve.shutdown()
+            # The proxy actor dies a moment after shutdown returns: wait, so that "stopped"
+            # means the port is closed (seen in CI: a request right after still answered).
+            deadline = time.time() + 30
+            while _listening(self.url) and time.time() < deadline:
+                time.sleep(0.2)
 
     def _champion(self, version: str) -> dict:
         """Fetch a version's bundle and check its engine loads and runs here, before any replica sees it."""
