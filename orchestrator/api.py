@@ -151,12 +151,6 @@ def gate(folder: str | Path, candidate: str | None = None, registry=None,
             "scorecard": to_dict(sc), "files": str(ctx.folder / "scorecard")}
 
 
-def _locked(ws: Workspace, pipeline_name: str, holder: str) -> records.PipelineLock:
-    lock = records.PipelineLock(ws, pipeline_name)
-    lock.acquire(wait=False, holder=holder)
-    return lock
-
-
 def approve(folder: str | Path, version: str, reason: str = "", registry=None) -> dict[str, Any]:
     """Promote a version held for approval, with the same compare-and-set check as a cycle:
     only if the champion is still the one it was validated against.
@@ -172,8 +166,8 @@ def approve(folder: str | Path, version: str, reason: str = "", registry=None) -
     pipeline = load_pipeline(folder)
     registry = registry or registry_for(ws)
     name, version = pipeline.name, str(version)
-    lock = _locked(ws, name, f"plaster approve {name} {version}")
-    try:
+    with records.PipelineLock(ws, name) as lock:
+        lock.acquire(wait=False, holder=f"plaster approve {name} {version}")
         tags = registry.version_tags(name, version)
         if tags.get("plaster.awaiting_approval") != "true":
             raise GateError(f"{name} v{version} is not awaiting approval (gate decision: "
@@ -194,8 +188,6 @@ def approve(folder: str | Path, version: str, reason: str = "", registry=None) -
         who = ledger.actor()
         registry.set_version_tags(name, version, {"plaster.awaiting_approval": "false", "plaster.approved_by": who})
         entry = ledger.record(ws, name, "champion", current, version, ledger.APPROVE, reason or "approved", who=who)
-    finally:
-        lock.release()
     return entry
 
 
@@ -216,8 +208,8 @@ def rollback(folder: str | Path, reason: str, to: str | None = None, registry=No
     pipeline = load_pipeline(folder)
     registry = registry or registry_for(ws)
     name = pipeline.name
-    lock = _locked(ws, name, f"plaster rollback {name}")
-    try:
+    with records.PipelineLock(ws, name) as lock:
+        lock.acquire(wait=False, holder=f"plaster rollback {name}")
         current = registry.alias(name, "champion")
         target = str(to) if to else registry.alias(name, "previous")
         if target is None:
@@ -230,8 +222,6 @@ def rollback(folder: str | Path, reason: str, to: str | None = None, registry=No
             registry.set_alias(name, "previous", current)
             registry.set_version_tags(name, current, {"plaster.rolled_back": "true", "plaster.rolled_back_reason": reason[:500]})
         entry = ledger.record(ws, name, "champion", current, target, ledger.ROLLBACK, reason)
-    finally:
-        lock.release()
     return entry
 
 

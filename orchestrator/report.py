@@ -189,8 +189,9 @@ def _dated(ax: Any, fig: Any) -> None:
 
 
 def _plots(cycles: list[dict], out: Path) -> list[Path]:
-    from orchestrator.scorecard import _pyplot, _save  # matplotlib Agg, figures always closed
-    plt = _pyplot()
+    from orchestrator.plots import pyplot, save
+
+    plt = pyplot()
     written = []
 
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -205,7 +206,7 @@ def _plots(cycles: list[dict], out: Path) -> list[Path]:
     ax.set(yscale="log", ylabel="seconds (log: lags reach days)", title="Cycle time and data-to-live lag")
     ax.legend(fontsize=8)
     _dated(ax, fig)
-    written.append(_save(plt, fig, out / "cycle_time.png"))
+    written.append(save(plt, fig, out / "cycle_time.png"))
 
     names = list(dict.fromkeys(k for c in cycles for k in c["stage_seconds"]))  # stage order as recorded
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(cycles)), 4))
@@ -218,7 +219,7 @@ def _plots(cycles: list[dict], out: Path) -> list[Path]:
                   fontsize=7)
     ax.set(ylabel="seconds", title="Stage seconds per cycle")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))  # beside the bars, never over them
-    written.append(_save(plt, fig, out / "stages.png"))
+    written.append(save(plt, fig, out / "stages.png"))
 
     fig, ax = plt.subplots(figsize=(8, 4))
     for key, label, marker in (("new_accuracy_champion", "stale champion", "o"),
@@ -228,7 +229,7 @@ def _plots(cycles: list[dict], out: Path) -> list[Path]:
     ax.set(ylabel="accuracy on new data (%)", title="Accuracy on each cycle's new data: before and after retraining")
     ax.legend(fontsize=8)
     _dated(ax, fig)
-    written.append(_save(plt, fig, out / "accuracy.png"))
+    written.append(save(plt, fig, out / "accuracy.png"))
     return written
 
 

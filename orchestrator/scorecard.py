@@ -166,20 +166,6 @@ def markdown(sc: Scorecard, rate: dict | None = None,
 
 # --- plots -----------------------------------------------------------------------------
 
-def _pyplot() -> Any:
-    import matplotlib
-    matplotlib.use("Agg")  # no display on a training host
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(plt: Any, fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)  # pyplot keeps every figure until closed; a long-lived orchestrator would leak them
-    return path
-
-
 def _ci_bars(ax: Any, x: Any, values: list[float], cis: list[tuple[float, float] | None], **kw: Any) -> None:
     """Points in percent with asymmetric CI whiskers (a figure without a CI gets none)."""
     err = [[100 * (v - c[0]), 100 * (c[1] - v)] if c else [0.0, 0.0] for v, c in zip(values, cis)]
@@ -189,7 +175,9 @@ def _ci_bars(ax: Any, x: Any, values: list[float], cis: list[tuple[float, float]
 def plots(sc: Scorecard, raw: Raw | None, out: Path) -> list[Path]:
     """latency.png (only with raw samples), accuracy.png and precisions.png in `out`."""
     import numpy as np
-    plt = _pyplot()
+    from orchestrator.plots import pyplot, save
+
+    plt = pyplot()
     cand, champ, written = sc.chosen, sc.champion, []
 
     keys = {"candidate": f"candidate:{cand.backend}:{cand.precision}"}
@@ -207,7 +195,7 @@ def plots(sc: Scorecard, raw: Raw | None, out: Path) -> list[Path]:
             ax.set(xscale="log", xlabel="ms per call", ylabel="calls", title=f"batch {b}")
             ax.legend(fontsize=8)
         fig.suptitle(f"Latency: {_name(cand)} vs champion {_name(champ)}" if champ else f"Latency: {_name(cand)}")
-        written.append(_save(plt, fig, out / "latency.png"))
+        written.append(save(plt, fig, out / "latency.png"))
 
     slices = list(cand.accuracy)
     fig, axes = plt.subplots(1, 2 if sc.comparison else 1, figsize=(10 if sc.comparison else 5, 3.5), squeeze=False)
@@ -228,7 +216,7 @@ def plots(sc: Scorecard, raw: Raw | None, out: Path) -> list[Path]:
         ax.margins(x=0.3)
         ax.set(xticks=range(len(d)), xticklabels=[a.slice for a in d], ylabel="candidate − champion (pp)",
                title="Paired difference")
-    written.append(_save(plt, fig, out / "accuracy.png"))
+    written.append(save(plt, fig, out / "accuracy.png"))
 
     # "new" is the slice the cycle learned from; fall back to the first slice if absent.
     s = "new" if "new" in cand.accuracy else slices[0]
@@ -245,7 +233,7 @@ def plots(sc: Scorecard, raw: Raw | None, out: Path) -> list[Path]:
     ax.margins(x=0.2, y=0.1)  # room for the labels
     ax.set(xlabel=f"p50 latency @ batch {cand.latency[0].batch} (ms)", ylabel=f"accuracy on {s} (%)",
            title="Precision trade-off")
-    written.append(_save(plt, fig, out / "precisions.png"))
+    written.append(save(plt, fig, out / "precisions.png"))
     return written
 
 

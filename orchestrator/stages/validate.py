@@ -84,6 +84,7 @@ def scores(runners: dict[str, Runner], raw: Raw, pool: np.ndarray, cfg: Validate
     """Each engine's figures from the raw samples, plus the throughput sweep and energy runs."""
     say(f"throughput sweep over batch sizes {list(cfg.throughput_batches)}")
     sweep = latency.sweep(runners, pool, cfg.throughput_batches, sla_ms)
+    meters = {d: energy.meter_for(d) for d in set(devices.values())}  # one NVML init / RAPL scan per device
     out = {}
     for k, r in runners.items():
         best = latency.best_within_sla(sweep[k])
@@ -92,7 +93,7 @@ def scores(runners: dict[str, Runner], raw: Raw, pool: np.ndarray, cfg: Validate
         else:
             thr = Figure(best.samples_per_s, note=f"batch {best.batch}, p99 {best.p99_ms:.3f} ms"
                          + (f" <= {sla_ms:g} ms" if sla_ms is not None else " (no SLA set)"))
-        meter, why = energy.meter_for(devices[k])
+        meter, why = meters[devices[k]]
         batch_x = np.resize(pool, ((best.batch if best else 1), *pool.shape[1:])).astype(np.float32)
         joules = energy.joules_per_1k(meter, why, lambda: (r(batch_x), len(batch_x))[1], cfg.energy_seconds)
         acc = {s: Figure(float(ok.mean()), stats.wilson(int(ok.sum()), len(ok), confidence), note=f"n={len(ok)}")
