@@ -39,10 +39,12 @@ def test_energy_on_this_machine_is_measured_or_says_why_not():
         assert fig.value is not None and fig.value > 0
 
 
-def test_no_gpu_counter_without_nvml():
+def test_gpu_counter_is_read_or_its_absence_explained():
     meter, why = energy.meter_for("cuda:0")
     if meter is None:
         assert "NVML" in why or "pynvml" in why
+    else:
+        assert meter.read_j() > 0 and "NVML total energy" in meter.note
 
 
 def test_rapl_counters_sum_packages_and_survive_a_wrap(tmp_path):
