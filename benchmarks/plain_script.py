@@ -90,6 +90,9 @@ def main() -> None:
     lap("evaluate")
 
     mlflow.set_tracking_uri(f"sqlite:///{args.mlflow}/mlflow.db")
+    # Artifacts beside the database: the default (./mlruns) would litter the caller's folder.
+    if mlflow.get_experiment_by_name("plain") is None:
+        mlflow.create_experiment("plain", artifact_location=f"{args.mlflow}/artifacts")
     mlflow.set_experiment("plain")
     import onnx
 
