@@ -96,6 +96,7 @@ def gate(folder: str | Path, candidate: str | None = None, registry=None,
     from orchestrator.dataset import load_arrays, read_shard
     from orchestrator.errors import GateError
     from orchestrator.stages import build, validate
+    from orchestrator.storage import for_pipeline as storage_for
 
     ws = Workspace.from_env()
     pipeline = load_pipeline(folder)
@@ -128,7 +129,8 @@ def gate(folder: str | Path, candidate: str | None = None, registry=None,
 
     gate_id = f"gate-v{candidate_v}-{records.new_id()}"
     run_id = registry.start_run(name, gate_id, {"plaster.gate_for": candidate_v, "plaster.champion": champion_v or ""})
-    ctx = StageContext(ws, pipeline, gate_id, ws.home / "gates" / name / gate_id, registry, run_id, say=say)
+    ctx = StageContext(ws, pipeline, gate_id, ws.home / "gates" / name / gate_id, registry, run_id, say=say,
+                       storage=storage_for(pipeline, ws.home))
     try:
         backends, _ = build.available_backends(pipeline.config.build.backends)
         cand_engines = build.engines_for(ctx, backends, made)

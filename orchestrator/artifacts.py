@@ -83,6 +83,11 @@ class Checkpoint:
     use_gpu: bool
     warm_started_from: str | None
     history: tuple[dict[str, float], ...]
+    # Where the workers ran and how often the group restarted from a checkpoint.
+    nodes: tuple[str, ...] = ()
+    restarts: int = 0
+    resumed_from_epoch: int | None = None
+    workers_reason: str = ""
 
 
 @dataclass(frozen=True)

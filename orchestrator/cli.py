@@ -33,9 +33,11 @@ def _guard(fn):
 def run(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.yaml + model.py)"),
         resume: bool = typer.Option(False, "--resume", help="continue the last unfinished cycle"),
         wait: bool = typer.Option(False, "--wait", help="queue behind a running cycle instead of refusing"),
-        trigger: str = typer.Option("manual", help="recorded as what started this cycle")):
+        trigger: str = typer.Option("manual", help="recorded as what started this cycle"),
+        as_json: bool = typer.Option(False, "--json", help="also print the cycle record as one JSON line at the end")):
     """One cycle: ingest → train → export → build → validate → promote."""
     from orchestrator import api, render
+    from orchestrator.submit import OUTCOME_PREFIX
 
     logging.basicConfig(level=logging.WARNING)
     with console.status("starting…") as spinner:
@@ -47,6 +49,43 @@ def run(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.yam
 
         rec = _guard(lambda: api.run_cycle(pipeline, resume=resume, wait=wait, trigger=trigger, say=say))
     render.outcome(console, rec)
+    if as_json:
+        print(OUTCOME_PREFIX + json.dumps(rec, default=str), flush=True)
+
+
+# A submitted cycle's exit code, like `plaster gate`: SKIPPED (nothing new to learn) is a success.
+SUBMIT_EXIT = {"PROMOTED": 0, "SKIPPED": 0, "REJECTED": 1, "HELD": 2}
+
+
+@app.command()
+def submit(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.yaml + model.py)"),
+           address: str = typer.Option(..., "--address", envvar="RAY_API_SERVER_ADDRESS",
+                                       help="the head's job server, http://HEAD:8265"),
+           follow: bool = typer.Option(False, "--follow", help="stream the logs; exit with the cycle's outcome"),
+           env: list[str] = typer.Option([], "--env", help="KEY=VALUE for the job's environment (repeatable)"),
+           token: Optional[str] = typer.Option(None, "--token", help="Ray auth token (default: RAY_AUTH_TOKEN, "
+                                               "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")):
+    """Run one cycle on a Ray cluster as a Ray Job. With --follow: exit 0 PROMOTED or SKIPPED, 1 REJECTED,
+    2 HELD or any error."""
+    from orchestrator import render
+    from orchestrator import submit as jobs
+
+    pairs = {}
+    for item in env:
+        if "=" not in item:
+            err.print(f"[red]error:[/] --env {item!r}: write KEY=VALUE")
+            raise typer.Exit(2)
+        k, v = item.split("=", 1)
+        pairs[k] = v
+    job_id = _guard(lambda: jobs.submit(pipeline, address, pairs, token))
+    console.print(f"submitted [bold]{job_id}[/] to {address}")
+    if not follow:
+        console.print(f"follow it with `ray job logs {job_id} --address {address} --follow`")
+        return
+    rec = _guard(lambda: jobs.follow(address, job_id, lambda line: console.print(line, markup=False, highlight=False),
+                                     token))
+    render.outcome(console, rec)
+    raise typer.Exit(SUBMIT_EXIT.get(rec.get("decision"), 2))
 
 
 @app.command()

@@ -60,13 +60,23 @@ class IngestConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    num_workers: int = Field(2, ge=1)
+    workers: int | Literal["auto"] = Field(
+        2, description="Ray Train workers; auto = one per GPU on the cluster (the CPU default of 2 without GPUs)")
     use_gpu: bool | Literal["auto"] = "auto"
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     warm_start: bool = True
     seed: int = 0
+    checkpoint_every: int = Field(10, ge=1, description="epochs between checkpoints; a lost worker restarts from the last")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts Ray Train may make before the stage fails")
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("use a positive count, or auto (one per GPU)")
+        return v
 
 
 class ExportConfig(_Strict):
@@ -79,6 +89,11 @@ class BuildConfig(_Strict):
     backends: tuple[Literal["onnxruntime", "tensorrt"], ...] = ("onnxruntime", "tensorrt")
     calibration_samples: int = Field(256, ge=8)
     max_batch: int = Field(256, ge=1)
+    parallel: bool | Literal["auto"] = Field(
+        "auto", description="build engines as parallel Ray tasks; auto = for backends whose builds are slow (TensorRT)")
+    serving_gpu: str | None = Field(
+        None, description="Ray accelerator type of the serving GPU (e.g. H100, L4): TensorRT plans are built there, "
+                          "because a plan runs only on the GPU model it was built for")
 
     @field_validator("precisions")
     @classmethod
@@ -163,6 +178,14 @@ class ScheduleConfig(_Strict):
         return v
 
 
+class StorageConfig(_Strict):
+    """Where checkpoints, engines and cycle records are kept durably (PLASTER_HOME holds a working copy)."""
+
+    uri: str | None = Field(None, description="s3://bucket/prefix, gs://bucket/prefix or a path; default: "
+                                              "PLASTER_STORAGE_URI, else PLASTER_HOME on this machine")
+    shared: bool = Field(False, description="the path is a mount every node sees (NFS): allowed on a multi-node cluster")
+
+
 class PipelineConfig(_Strict):
     name: str
     description: str = ""
@@ -175,6 +198,7 @@ class PipelineConfig(_Strict):
     gate: GateConfig = GateConfig()
     promotion: Literal["auto", "manual"] = "auto"
     schedule: ScheduleConfig = ScheduleConfig()
+    storage: StorageConfig = StorageConfig()
 
     @field_validator("name")
     @classmethod
@@ -214,6 +238,12 @@ class Pipeline:
         out = {"golden": self.golden} if self.golden else {}
         out.update({k: Path(_expand(v, f"data.slices.{k}")) for k, v in self.config.data.slices.items()})
         return out
+
+    @property
+    def storage_uri(self) -> str | None:
+        """storage.uri, else PLASTER_STORAGE_URI (a deployment's default, as in docker-compose.yml)."""
+        u = self.config.storage.uri
+        return _expand(u, "storage.uri") if u else (os.environ.get("PLASTER_STORAGE_URI") or None)
 
     def module(self, filename: str = "model.py") -> ModuleType:
         return load_module(self.folder / filename)

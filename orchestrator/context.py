@@ -16,6 +16,7 @@ import numpy as np
 
 from orchestrator.artifacts import VersionRef
 from orchestrator.config import Pipeline
+from orchestrator.storage import Storage
 from orchestrator.workspace import Workspace
 
 
@@ -61,6 +62,11 @@ class StageContext:
     say: Callable[[str], None] = _quiet  # a progress line for the user
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("plaster"))
     extras: dict[str, Any] = field(default_factory=dict)
+    storage: Storage | None = None  # the durable store; None = PLASTER_HOME only
+
+    def __post_init__(self) -> None:
+        if self.storage is None:
+            self.storage = Storage(None, self.workspace.home)
 
     def path(self, *parts: str) -> Path:
         p = self.folder.joinpath(*parts)

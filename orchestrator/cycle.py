@@ -21,6 +21,7 @@ from orchestrator.artifacts import (Checkpoint, EngineSet, OnnxModel, Promotion,
 from orchestrator.config import Pipeline
 from orchestrator.context import StageContext
 from orchestrator.errors import CandidateRejected, ChampionMoved, PlasterError, ResumeError
+from orchestrator.storage import for_pipeline as storage_for
 from orchestrator.workspace import Workspace
 
 STAGES = ("ingest", "train", "export", "build", "validate", "promote")
@@ -51,7 +52,8 @@ class Cycle:
                  say: Callable[[str], None] = lambda m: None):
         self.ws, self.pipeline, self.registry, self.record, self.say = ws, pipeline, registry, record, say
         self.ctx = StageContext(ws, pipeline, record["id"], ws.cycle_dir(pipeline.name, record["id"]),
-                                registry, record["run_id"], say=say, extras={"trigger": record.get("trigger")})
+                                registry, record["run_id"], say=say, extras={"trigger": record.get("trigger")},
+                                storage=storage_for(pipeline, ws.home))
 
     @classmethod
     def start(cls, ws: Workspace, pipeline: Pipeline, registry, trigger: str = "manual",
@@ -91,6 +93,15 @@ class Cycle:
 
     def _persist(self) -> None:
         path = records.save(self.ws, self.record)
+        # The durable copy: the cycle's folder (snapshot, checkpoint, ONNX, variants, raw
+        # measurements) and its record, in storage.uri when one is set.
+        rel = f"cycles/{self.pipeline.name}/{self.record['id']}"
+        try:
+            self.ctx.storage.put_tree(self.ctx.folder, rel)
+            self.ctx.storage.put_file(path, f"{rel}/record.json")
+        except Exception as e:
+            self.record.setdefault("storage_errors", []).append(f"{type(e).__name__}: {e}")
+            self.ctx.log.warning("could not copy the cycle to %s: %s", self.ctx.storage.describe(rel), e)
         try:
             self.registry.log_file(self.record["run_id"], path, None)
         except Exception as e:  # the local record is the source of truth; MLflow mirrors it

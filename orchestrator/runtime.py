@@ -15,7 +15,7 @@ from orchestrator.workspace import Workspace
 
 # Ray Train V2 paces report() by this interval (default 2 s); a tiny cycle would spend most
 # of its time waiting on it. Users can still set their own.
-_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_USAGE_STATS_ENABLED": "0"}
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def ensure_ray(ws: Workspace) -> None:
@@ -24,7 +24,7 @@ def ensure_ray(ws: Workspace) -> None:
 
     if ray.is_initialized():
         return
-    for key, value in _TRAIN_ENV.items():
+    for key, value in TRAIN_ENV.items():
         os.environ.setdefault(key, value)
     ws.ray_log.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(ws.ray_log)
@@ -34,13 +34,16 @@ def ensure_ray(ws: Workspace) -> None:
         lg.handlers = [handler]
         lg.propagate = False
     address = os.environ.get("RAY_ADDRESS")
+    # Inside a Ray Job (`plaster submit`) the job's runtime_env already carries these; passing
+    # another one here would replace it, and Ray then deletes the job's working_dir under us.
+    in_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
     with _stderr_to(ws.ray_log):
         ray.init(
             address=address or None,
             log_to_driver=False,  # worker prints stay in Ray's session logs
             logging_level=logging.WARNING,
             configure_logging=False,
-            runtime_env={"env_vars": {k: os.environ[k] for k in _TRAIN_ENV}},
+            runtime_env=None if in_job else {"env_vars": {k: os.environ[k] for k in TRAIN_ENV}},
         )
     # ray.init may have attached its own stderr handler; keep our file the only one.
     for name in ("ray", "ray.train"):

@@ -1,8 +1,11 @@
 """build: precision variants of the candidate's ONNX, and an engine per variant per backend.
 
-Engines are cached by variant hash + backend + precision + hardware + library version, so
-a resumed cycle, or the champion's engines on the same machine, cost nothing the second
-time. The champion's served precision is rebuilt here too, so validate compares engines
+Engines are cached by variant hash + backend + precision + hardware (CPU model, GPU model)
++ library version (ONNX Runtime, TensorRT), in PLASTER_HOME and in storage.uri, so a resumed
+cycle, another node of the same hardware, or the champion's engines cost nothing the second
+time; a new GPU model or TensorRT release changes the key and rebuilds the champion's engine
+too. Builds run as parallel Ray tasks where they are slow (TensorRT), TensorRT on the
+serving GPU type (build.serving_gpu). The champion's served precision is rebuilt here too, so validate compares engines
 built on this machine. A backend that cannot run here is skipped with its reason.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.artifacts import Engine, EngineSet, OnnxModel, Snapshot, Variant, VersionRef, sha256_file
@@ -19,6 +23,7 @@ from orchestrator.dataset import load_arrays
 from orchestrator.engines import ENGINE_SUFFIX, Backend, backend
 from orchestrator.errors import EngineBuildError
 from orchestrator.measure.hardware import fingerprint
+from orchestrator.storage import Storage
 from orchestrator import variants as variant_ops
 
 
@@ -33,27 +38,110 @@ def _input_name(path: str) -> str:
     return onnx.load(path, load_external_data=False).graph.input[0].name
 
 
-def build_engine(ctx: StageContext, b: Backend, variant: Variant) -> Engine:
+@dataclass(frozen=True)
+class BuildSpec:
+    """What every engine build needs besides its variant: picklable, so a Ray task can take it."""
+
+    cache: str  # this machine's engine cache folder
+    sample_shape: tuple[int, ...]
+    max_batch: int
+    opt_batch: int
+
+
+def spec_for(ctx: StageContext) -> BuildSpec:
     cfg = ctx.pipeline.config
+    return BuildSpec(str(ctx.workspace.engine_cache), tuple(cfg.data.features.shape), cfg.build.max_batch,
+                     max(cfg.validate_.latency_batches))
+
+
+def build_engine(spec: BuildSpec, storage: Storage, b: Backend, variant: Variant) -> Engine:
+    """The engine for `variant` on this machine: from the local cache, else from storage
+    (built by another node of the same hardware), else built now and stored for the others."""
     key = cache_key(b, variant.sha256, variant.precision)
-    folder = ctx.workspace.engine_cache / key[:24]
-    path = folder / f"{variant.precision}{ENGINE_SUFFIX[b.name]}"
-    if path.exists():
+    name = f"{variant.precision}{ENGINE_SUFFIX[b.name]}"
+    path = Path(spec.cache) / key[:24] / name
+    rel = f"engines/{key[:24]}/{name}"
+    if path.exists() or storage.get_file(rel, path):
         return Engine(b.name, variant.precision, str(path), sha256_file(path), variant.sha256, key, True, 0.0)
-    folder.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     t0 = time.perf_counter()
     try:
-        b.build(Path(variant.path), tmp, input_name=_input_name(variant.path), sample_shape=tuple(cfg.data.features.shape),
-                max_batch=cfg.build.max_batch, opt_batch=max(cfg.validate_.latency_batches),
-                timing_cache=ctx.workspace.engine_cache / f"{b.name}.timing-cache")
+        b.build(Path(variant.path), tmp, input_name=_input_name(variant.path), sample_shape=spec.sample_shape,
+                max_batch=spec.max_batch, opt_batch=spec.opt_batch,
+                timing_cache=Path(spec.cache) / f"{b.name}.timing-cache")
     except EngineBuildError:
         raise
     except Exception as e:
         raise EngineBuildError(f"{b.name} could not build {variant.precision} from {variant.path}: {e}") from None
     tmp.rename(path)  # atomic: a crash mid-build never leaves a half engine in the cache
     seconds = time.perf_counter() - t0
+    storage.put_file(path, rel)
     return Engine(b.name, variant.precision, str(path), sha256_file(path), variant.sha256, key, False, seconds)
+
+
+def _build_task(spec: BuildSpec, storage: Storage, backend_name: str, variant: Variant,
+                variant_bytes: bytes) -> tuple[Engine, bytes]:
+    """A Ray task: build on whichever node Ray placed it (the serving GPU type for TensorRT).
+    The variant arrives as bytes and the engine goes back as bytes, so no disk is shared."""
+    import tempfile
+
+    b = backend(backend_name)
+    reason = b.unavailable_reason()
+    if reason:
+        raise EngineBuildError(f"{backend_name} cannot build on node {os.uname().nodename}: {reason}")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / Path(variant.path).name
+        local.write_bytes(variant_bytes)
+        engine = build_engine(spec, storage, b, Variant(variant.precision, str(local), variant.sha256))
+    return engine, Path(engine.path).read_bytes()
+
+
+def _parallel(ctx: StageContext, backends: list[Backend], jobs: int) -> bool:
+    setting = ctx.pipeline.config.build.parallel
+    if jobs < 2 or setting is False:
+        return False
+    # ONNX Runtime's "build" is a sub-second graph optimisation: a Ray task costs more than it saves.
+    return setting is True or any(b.name == "tensorrt" for b in backends)
+
+
+def engines_for(ctx: StageContext, backends: list[Backend], variants: list[Variant]) -> list[Engine]:
+    jobs = [(b, v) for b in backends for v in variants]
+    spec = spec_for(ctx)
+    if not _parallel(ctx, backends, len(jobs)):
+        out = []
+        for b, v in jobs:
+            ctx.say(f"building {b.name} {v.precision} engine")
+            out.append(build_engine(spec, ctx.storage, b, v))
+        return out
+
+    import ray
+
+    from orchestrator.runtime import ensure_ray
+
+    ensure_ray(ctx.workspace)
+    gpu = ctx.pipeline.config.build.serving_gpu
+    ctx.say(f"building {len(jobs)} engines as parallel Ray tasks")
+    refs = []
+    for b, v in jobs:
+        options: dict = {"num_cpus": 1}
+        if b.name == "tensorrt":  # a plan runs only on the GPU model it was built on
+            options = {"num_gpus": 1, **({"accelerator_type": gpu} if gpu else {})}
+        refs.append(ray.remote(_build_task).options(**options).remote(spec, ctx.storage, b.name, v,
+                                                                         Path(v.path).read_bytes()))
+    out = []
+    for ref in refs:
+        try:
+            engine, data = ray.get(ref)
+        except Exception as e:
+            raise EngineBuildError(f"a parallel engine build failed: {e}; set build.parallel: false to build "
+                                   "in this process and see the error directly") from None
+        path = Path(engine.path)
+        if not path.exists():  # built on another machine: keep a copy in this machine's cache
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        out.append(engine)
+    return out
 
 
 def run(ctx: StageContext, snapshot: Snapshot, onnx_model: OnnxModel) -> EngineSet:
@@ -93,15 +181,6 @@ def available_backends(names: tuple[str, ...]) -> tuple[list[Backend], dict[str,
     if not backends:
         raise EngineBuildError(f"no engine backend can run here ({skipped}); add onnxruntime to build.backends")
     return backends, skipped
-
-
-def engines_for(ctx: StageContext, backends: list[Backend], variants: list[Variant]) -> list[Engine]:
-    out = []
-    for b in backends:
-        for v in variants:
-            ctx.say(f"building {b.name} {v.precision} engine")
-            out.append(build_engine(ctx, b, v))
-    return out
 
 
 def champion_variant(champ: VersionRef) -> Variant:

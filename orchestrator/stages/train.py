@@ -1,15 +1,21 @@
 """train: Ray Train TorchTrainer (V2) on the snapshot, warm-started from the champion.
 
-Workers read the snapshot's arrays themselves (no Ray Data: it starves on 2 CPUs), each
-taking an equal slice so DDP's collectives stay in step. Rank 0 reports one checkpoint
-with the per-epoch history; the driver logs that history to MLflow. Never touches the
+Workers get the snapshot's arrays, model.py's source and the warm-start weights through
+Ray's object store, so nothing has to be on a worker's disk and the workers can sit on any
+node (no Ray Data: it starves on 2 CPUs). Each takes an equal slice so DDP's collectives
+stay in step. Every `train.checkpoint_every` epochs rank 0 reports a checkpoint (weights,
+optimizer, history) to the storage path; when a worker dies, Ray Train's FailureConfig
+restarts the group and the loop continues from that checkpoint. Never touches the
 registry's aliases or the data source.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,40 +25,66 @@ from orchestrator.context import StageContext
 from orchestrator.errors import TrainingError
 
 
+def _crash_on_cue(rank: int, epoch: int, resumed: bool) -> None:
+    """Test hook: PLASTER_TEST_KILL_WORKER=RANK:EPOCH kills that worker's process (SIGKILL, a real
+    crash) at that epoch, on the first attempt only."""
+    cue = os.environ.get("PLASTER_TEST_KILL_WORKER")
+    if cue and not resumed and cue == f"{rank}:{epoch}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import numpy as np
+    import ray
     import ray.train
     import torch
     import torch.distributed as dist
     from ray.train.torch import get_device, prepare_model
 
     from orchestrator.config import load_module
-    from orchestrator.dataset import load_arrays
 
-    torch.manual_seed(config["seed"])
-    model = load_module(Path(config["model_file"])).build_model()
-    if config["init_weights"]:
-        model.load_state_dict(torch.load(config["init_weights"], map_location="cpu", weights_only=True))
-    model = prepare_model(model)
-    device = get_device()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    with tempfile.TemporaryDirectory() as tmp:  # model.py arrives as source: no shared disk needed
+        (Path(tmp) / "model.py").write_text(config["model_source"])
+        model = load_module(Path(tmp) / "model.py").build_model()
+    torch.manual_seed(config["seed"])
+    x, y = (a.copy() for a in ray.get(config["data"]))  # object-store arrays are read-only
+    opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    history: list[dict[str, float]] = []
+    start, restarts, resumed_from = 0, 0, None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:  # a restarted group: continue where the last checkpoint left off
+        with ckpt.as_directory() as folder:
+            state = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history, start = state["history"], state["epoch"] + 1
+        restarts, resumed_from = state["restarts"] + 1, state["epoch"] + 1
+    elif config["init_weights"] is not None:
+        model.load_state_dict(torch.load(io.BytesIO(ray.get(config["init_weights"])), map_location="cpu",
+                                         weights_only=True))
+    model = prepare_model(model)
+    device = get_device()
+    nodes: list[Any] = [ray.get_runtime_context().get_node_id()]  # the Ray node of each rank
+    if world > 1:
+        nodes = nodes * world
+        dist.all_gather_object(nodes, nodes[0])
 
-    x, y = load_arrays(config["train_file"])
     per_rank = len(y) // world
     bs = config["batch_size"]
-    opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
     loss_fn = torch.nn.CrossEntropyLoss()
-    history = []
-    for epoch in range(config["epochs"]):
+    last = config["epochs"] - 1
+    for epoch in range(start, config["epochs"]):
+        _crash_on_cue(rank, epoch, ckpt is not None)
         # Same permutation on every rank, then a disjoint equal slice per rank.
         order = np.random.default_rng(config["seed"] + epoch).permutation(len(y))
         mine = order[rank * per_rank:(rank + 1) * per_rank]
         model.train()
         sums = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
-        for start in range(0, per_rank, bs):
-            idx = mine[start:start + bs]
+        for begin in range(0, per_rank, bs):
+            idx = mine[begin:begin + bs]
             xb = torch.from_numpy(x[idx]).to(device)
             yb = torch.from_numpy(y[idx]).to(device)
             opt.zero_grad()
@@ -60,65 +92,101 @@ def train_loop(config: dict[str, Any]) -> None:
             loss = loss_fn(logits, yb)
             loss.backward()
             opt.step()
-            sums += torch.tensor([loss.item() * len(idx), (logits.argmax(1) == yb).sum().item(), len(idx)], dtype=torch.float64)
+            sums += torch.tensor([loss.item() * len(idx), (logits.argmax(1) == yb).sum().item(), len(idx)],
+                                 dtype=torch.float64)
         if world > 1:
             dist.all_reduce(sums)
-        history.append({"epoch": epoch, "train_loss": float(sums[0] / sums[2]), "train_accuracy": float(sums[1] / sums[2])})
+        history.append({"epoch": epoch, "train_loss": float(sums[0] / sums[2]),
+                        "train_accuracy": float(sums[1] / sums[2])})
+        # Every rank reports together (Ray Train V2 requires it); rank 0 attaches the checkpoint.
+        if epoch == last or (epoch + 1) % config["checkpoint_every"] == 0:
+            metrics = {"epoch": epoch, **{k: history[-1][k] for k in ("train_loss", "train_accuracy")}}
+            if rank == 0:
+                with tempfile.TemporaryDirectory() as tmp:
+                    inner = model.module if hasattr(model, "module") else model
+                    weights = {k: v.cpu() for k, v in inner.state_dict().items()}
+                    torch.save({"model": weights, "optimizer": opt.state_dict(), "epoch": epoch, "history": history,
+                                "restarts": restarts}, Path(tmp) / "state.pt")
+                    torch.save(weights, Path(tmp) / "weights.pt")
+                    (Path(tmp) / "run.json").write_text(json.dumps(
+                        {"history": history, "nodes": nodes, "restarts": restarts, "resumed_from_epoch": resumed_from}))
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(metrics)
 
-    metrics = {"train_loss": history[-1]["train_loss"], "train_accuracy": history[-1]["train_accuracy"]}
-    if rank == 0:
-        with tempfile.TemporaryDirectory() as tmp:
-            inner = model.module if hasattr(model, "module") else model
-            torch.save({k: v.cpu() for k, v in inner.state_dict().items()}, Path(tmp) / "weights.pt")
-            (Path(tmp) / "history.json").write_text(json.dumps(history))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-    else:
-        ray.train.report(metrics)
+
+def plan_workers(cfg, resources: dict[str, float], cpu_nodes: int) -> tuple[int, bool, str]:
+    """How many workers, on GPUs or not, and why (recorded in the checkpoint)."""
+    gpus = int(resources.get("GPU", 0))
+    use_gpu = gpus > 0 if cfg.use_gpu == "auto" else bool(cfg.use_gpu)
+    if cfg.workers != "auto":
+        return cfg.workers, use_gpu, f"train.workers: {cfg.workers}"
+    if use_gpu:
+        if gpus < 1:
+            raise TrainingError("train.use_gpu is true but the Ray cluster has no GPUs; set use_gpu: auto or false")
+        return gpus, True, f"auto: one per GPU ({gpus} on the cluster)"
+    n = max(1, cpu_nodes)
+    return n, False, f"auto: no GPUs, one per node ({n})"
 
 
 def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    import ray
+    import torch
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from orchestrator.runtime import cluster_gpus, ensure_ray
+    from orchestrator.dataset import load_arrays
+    from orchestrator.runtime import ensure_ray
+    from orchestrator.storage import cluster_hosts
 
     cfg = ctx.pipeline.config.train
     ensure_ray(ctx.workspace)
-    use_gpu = cluster_gpus() > 0 if cfg.use_gpu == "auto" else bool(cfg.use_gpu)
+    ctx.storage.check_reachable(cluster_hosts())
+    cpu_nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1)
+    workers, use_gpu, why = plan_workers(cfg, ray.cluster_resources(), cpu_nodes)
     champion = snapshot.champion
     init = None
     if cfg.warm_start and champion is not None:
-        init = str(Path(champion.folder) / "weights.pt")
-    ctx.say(f"training on {cfg.num_workers} {'GPU' if use_gpu else 'CPU'} worker(s), {cfg.epochs} epochs, "
+        buf = io.BytesIO()
+        torch.save(torch.load(Path(champion.folder) / "weights.pt", map_location="cpu", weights_only=True), buf)
+        init = ray.put(buf.getvalue())
+    ctx.say(f"training on {workers} {'GPU' if use_gpu else 'CPU'} worker(s) ({why}), {cfg.epochs} epochs, "
             f"{snapshot.train_rows} rows" + (f", warm start from v{champion.version}" if init else ", from scratch"))
+    storage_path, storage_fs = ctx.storage.ray_train_storage()
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
-            "model_file": str(ctx.pipeline.model_file), "train_file": snapshot.train_file, "init_weights": init,
-            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
+            "model_source": ctx.pipeline.model_file.read_text(), "data": ray.put(load_arrays(snapshot.train_file)),
+            "init_weights": init, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
+            "checkpoint_every": cfg.checkpoint_every,
         },
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
             name=f"{ctx.pipeline.name}-{ctx.cycle_id}",
-            storage_path=str(ctx.workspace.ray_storage),
-            failure_config=FailureConfig(max_failures=1),
+            storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
     try:
         result = trainer.fit()
     except Exception as e:  # Ray wraps worker errors; keep the root cause in the message
-        raise TrainingError(f"Ray Train failed: {e}. Worker logs: {ctx.workspace.ray_log.parent} and Ray's session logs") from None
+        raise TrainingError(f"Ray Train failed: {e}. Worker logs: {ctx.workspace.ray_log.parent} and Ray's session "
+                            f"logs; train.max_failures ({cfg.max_failures}) restarts were allowed") from None
     if result.checkpoint is None:
         raise TrainingError("Ray Train finished without a checkpoint; check model.py's build_model()")
     with result.checkpoint.as_directory() as folder:
         weights = ctx.path("checkpoint", "weights.pt")
         shutil.copy(Path(folder) / "weights.pt", weights)
-        history = json.loads((Path(folder) / "history.json").read_text())
+        run_info = json.loads((Path(folder) / "run.json").read_text())
+    history = run_info["history"]
     for row in history:
         ctx.registry.log_metrics(ctx.run_id, {"train_loss": row["train_loss"], "train_accuracy": row["train_accuracy"]},
                                  step=row["epoch"])
     return Checkpoint(
-        weights_file=str(weights), sha256=sha256_file(weights), epochs=cfg.epochs, num_workers=cfg.num_workers,
+        weights_file=str(weights), sha256=sha256_file(weights), epochs=cfg.epochs, num_workers=workers,
         use_gpu=use_gpu, warm_started_from=champion.version if init else None, history=tuple(history),
+        nodes=tuple(run_info["nodes"]), restarts=run_info["restarts"], resumed_from_epoch=run_info["resumed_from_epoch"],
+        workers_reason=why,
     )

@@ -13,14 +13,14 @@ def test_reference_pipeline_is_valid(digits):
 
 def test_every_error_reported_at_once_naming_the_key(digits):
     text = (digits / "pipeline.yaml").read_text()
-    text = text.replace("num_workers: 2", "num_wrkers: 2").replace("epochs: 30", "epochs: -1")
+    text = text.replace("workers: 2", "wrkers: 2").replace("epochs: 30", "epochs: -1")
     text = text.replace("holdout_fraction: 0.2", "holdout_fraction: 1.5")
     (digits / "pipeline.yaml").write_text(text)
     with pytest.raises(ConfigError) as e:
         load_pipeline(digits)
     msg = str(e.value)
     assert "3 error(s)" in msg
-    assert "train.num_wrkers: unknown key" in msg
+    assert "train.wrkers: unknown key" in msg
     assert "train.epochs" in msg and "ingest.holdout_fraction" in msg
 
 

@@ -1,0 +1,96 @@
+"""Scale-out decisions that need no cluster: how many workers, where state may live, what a
+submitted job carries."""
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from orchestrator.errors import ConfigError, TrainingError
+from orchestrator.stages.train import plan_workers
+from orchestrator.storage import Storage
+from orchestrator.submit import job_spec
+
+
+def _train(workers=2, use_gpu="auto"):
+    return SimpleNamespace(workers=workers, use_gpu=use_gpu)
+
+
+@pytest.mark.parametrize("cfg, resources, cpu_nodes, expected", [
+    (_train("auto"), {"CPU": 16, "GPU": 4}, 2, (4, True)),     # one per GPU, NCCL
+    (_train("auto"), {"CPU": 2}, 1, (1, False)),               # no GPU: one per node
+    (_train("auto"), {"CPU": 2}, 3, (3, False)),
+    (_train(3), {"CPU": 8, "GPU": 2}, 2, (3, True)),           # a count is taken as given
+    (_train(2, use_gpu=False), {"CPU": 8, "GPU": 2}, 2, (2, False)),
+])
+def test_workers_plan_and_its_reason(cfg, resources, cpu_nodes, expected):
+    n, gpu, why = plan_workers(cfg, resources, cpu_nodes)
+    assert (n, gpu) == expected and why
+
+
+def test_gpu_forced_on_a_cluster_without_gpus_names_the_fix():
+    with pytest.raises(TrainingError, match="use_gpu: auto"):
+        plan_workers(_train("auto", use_gpu=True), {"CPU": 4}, 1)
+
+
+def test_a_node_local_store_is_refused_on_a_multi_machine_cluster(tmp_path):
+    Storage(None, tmp_path).check_reachable(hosts=1)  # one machine: its disk is everyone's
+    with pytest.raises(ConfigError, match=r"s3://.*storage.shared: true"):
+        Storage(None, tmp_path).check_reachable(hosts=3)
+    with pytest.raises(ConfigError, match="node-local"):
+        Storage(str(tmp_path / "store"), tmp_path).check_reachable(hosts=2)
+    Storage(str(tmp_path / "nfs"), tmp_path, shared=True).check_reachable(hosts=2)
+    Storage("s3://bucket/prefix", tmp_path).check_reachable(hosts=5)
+
+
+def test_a_path_store_mirrors_files_once_and_gives_them_back(tmp_path):
+    store = Storage(str(tmp_path / "store"), tmp_path / "home")
+    src = tmp_path / "cycle"
+    (src / "checkpoint").mkdir(parents=True)
+    (src / "checkpoint" / "weights.pt").write_bytes(b"w" * 10)
+    (src / "record.json").write_text("{}")
+    assert store.put_tree(src, "cycles/p/1") == 2
+    assert store.put_tree(src, "cycles/p/1") == 0, "unchanged files are not copied again"
+    assert store.list("cycles") == ["cycles/p/1/checkpoint/weights.pt", "cycles/p/1/record.json"]
+    back = tmp_path / "back" / "weights.pt"
+    assert store.get_file("cycles/p/1/checkpoint/weights.pt", back) and back.read_bytes() == b"w" * 10
+    assert not store.get_file("cycles/p/1/missing", tmp_path / "missing")
+
+
+def test_the_default_store_is_plaster_home_and_copies_nothing(tmp_path):
+    store = Storage(None, tmp_path)
+    f = tmp_path / "x"
+    f.write_text("x")
+    assert store.local and not store.put_file(f, "x") and store.ray_train_storage() == (str(tmp_path / "ray"), None)
+
+
+def test_job_spec_ships_the_pipeline_and_the_package_and_forwards_where_results_go(digits, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-forwarded")
+    spec = job_spec(digits, {"EXTRA": "1"})
+    env = spec["runtime_env"]
+    assert env["working_dir"] == str(digits.resolve()) and env["py_modules"][0].endswith("orchestrator")
+    assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["env_vars"]["EXTRA"] == "1"
+    assert "AWS_SECRET_ACCESS_KEY" not in env["env_vars"], "credentials belong to the cluster, not the job spec"
+    assert spec["entrypoint"].startswith("python -m orchestrator.cli run . --json")
+    assert "entrypoint_resources" not in spec
+
+    yaml_file = digits / "pipeline.yaml"
+    yaml_file.write_text(yaml_file.read_text().replace("build:\n", "build:\n  serving_gpu: H100\n"))
+    assert job_spec(digits)["entrypoint_resources"] == {"accelerator_type:H100": 0.001}
+
+
+def test_submit_refuses_a_bad_pipeline_and_a_bad_env_before_contacting_anyone(digits, tmp_path):
+    def submit(*args):
+        out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "submit", *args,
+                              "--address", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+        out.stderr = " ".join(out.stderr.split())  # rich wraps long lines
+        return out
+
+    bad_env = submit(str(digits), "--env", "NOEQUALS")
+    assert bad_env.returncode == 2 and "KEY=VALUE" in bad_env.stderr
+    missing = submit(str(tmp_path / "nope"))
+    assert missing.returncode != 0 and "not found: a pipeline is a folder" in missing.stderr
+    unreachable = submit(str(digits))
+    assert unreachable.returncode == 2 and "http://HEAD:8265" in unreachable.stderr, unreachable.stderr
