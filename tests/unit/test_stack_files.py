@@ -189,7 +189,8 @@ def test_mlflow_answers_to_its_service_name(services):
     hosts = args[args.index("--allowed-hosts") + 1].split(",")
     assert {"mlflow", "mlflow:5000"} <= set(hosts)  # Host: mlflow:5000 gets 403 otherwise
     assert "http://mlflow:5000" in {env_of(s).get("MLFLOW_TRACKING_URI") for s in services.values()}
-    assert args[args.index("--backend-store-uri") + 1].startswith("postgresql://")
+    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed: name the driver.
+    assert args[args.index("--backend-store-uri") + 1].startswith("postgresql+psycopg2://")
 
 
 def test_minio_init_creates_every_bucket_the_stack_uses(services):
