@@ -69,3 +69,21 @@ def cluster_gpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+def gpu_inventory() -> dict[str, list[str]]:
+    """NVML's GPUs on every alive node of the cluster, by node IP: one zero-resource task
+    pinned to each node (Ray's GPU resource says how many; NVML says which)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from orchestrator.measure.energy import gpu_inventory as local
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    task = ray.remote(num_cpus=0)(local)
+    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+            for n in nodes]
+    out: dict[str, list[str]] = {}
+    for n, names in zip(nodes, ray.get(refs, timeout=60)):
+        out.setdefault(n["NodeManagerAddress"], []).extend(names)
+    return out

@@ -7,7 +7,7 @@ there is none. Never an estimate dressed as a measurement.
   `max_energy_range_uj`). They count the whole package, so other load on the machine is in
   the figure; the note says so.
 
-The only module that imports pynvml.
+The only module that imports pynvml (the GPU inventory is here for that reason).
 """
 
 from __future__ import annotations
@@ -101,3 +101,18 @@ def joules_per_1k(meter: Meter | None, why_not: str, run_batch: Callable[[], int
     if joules <= 0:
         return Figure(None, note=f"not measured: the counter did not advance in {min_seconds:g}s ({meter.note})")
     return Figure(1000 * joules / done, note=f"{meter.note}; {done} inferences in {time.perf_counter() - t0:.1f}s")
+
+
+def gpu_inventory() -> list[str]:
+    """The names of this machine's NVIDIA GPUs, read through NVML; [] where there is no driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # not installed, NVMLError_LibraryNotFound, _DriverNotLoaded: no GPU here
+        return []
+    try:
+        return [str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)))
+                for i in range(pynvml.nvmlDeviceGetCount())]
+    finally:
+        pynvml.nvmlShutdown()

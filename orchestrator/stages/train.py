@@ -144,6 +144,11 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
     ctx.storage.check_reachable(cluster_hosts())
     cpu_nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1)
     workers, use_gpu, why = plan_workers(cfg, ray.cluster_resources(), cpu_nodes)
+    if use_gpu and cfg.workers == "auto":
+        from orchestrator.runtime import gpu_inventory
+
+        seen = [f"{ip}: {', '.join(names)}" for ip, names in gpu_inventory().items() if names]
+        why += f"; NVML: {'; '.join(seen) or 'no GPU visible to NVML'}"
     champion = snapshot.champion
     init = None
     if cfg.warm_start and champion is not None:

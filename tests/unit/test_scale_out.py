@@ -94,3 +94,17 @@ def test_submit_refuses_a_bad_pipeline_and_a_bad_env_before_contacting_anyone(di
     assert missing.returncode != 0 and "not found: a pipeline is a folder" in missing.stderr
     unreachable = submit(str(digits))
     assert unreachable.returncode == 2 and "http://HEAD:8265" in unreachable.stderr, unreachable.stderr
+
+
+def test_engine_cache_key_changes_with_the_gpu_model_and_the_library_version():
+    """A TensorRT plan runs only on the GPU model and TensorRT release it was built with: either
+    changing gives a new key, so the champion's engine is rebuilt (and validated again)."""
+    from orchestrator.stages.build import cache_key
+
+    def backend(device, version):
+        return SimpleNamespace(name="tensorrt", device=lambda: device, version=lambda: version)
+
+    base = cache_key(backend("NVIDIA H100 sm_90", "11.4.0"), "abc", "fp16")
+    assert base == cache_key(backend("NVIDIA H100 sm_90", "11.4.0"), "abc", "fp16")
+    assert base != cache_key(backend("NVIDIA L4 sm_89", "11.4.0"), "abc", "fp16")
+    assert base != cache_key(backend("NVIDIA H100 sm_90", "11.5.0"), "abc", "fp16")
