@@ -88,6 +88,7 @@ class Checkpoint:
     restarts: int = 0
     resumed_from_epoch: int | None = None
     workers_reason: str = ""
+    placement: str = "ray_train"  # or "in_process": see train.in_process_below_s
 
 
 @dataclass(frozen=True)

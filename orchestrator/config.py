@@ -70,6 +70,10 @@ class TrainConfig(_Strict):
     seed: int = 0
     checkpoint_every: int = Field(10, ge=1, description="epochs between checkpoints; a lost worker restarts from the last")
     max_failures: int = Field(2, ge=0, description="worker-group restarts Ray Train may make before the stage fails")
+    in_process_below_s: float | None = Field(
+        30.0, ge=0, description="with workers: auto, train in the driver process when the estimated compute is "
+                                "below this many seconds (Ray Train's worker group costs ~20 s to start and stop); "
+                                "null: always Ray Train")
 
     @field_validator("workers")
     @classmethod

@@ -33,6 +33,26 @@ def _crash_on_cue(rank: int, epoch: int, resumed: bool) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def run_epoch(model, opt, loss_fn, x, y, indices, batch_size: int, device):
+    """One pass over `indices` in batches; returns (sum of loss*n, correct, n) as float64."""
+    import torch
+
+    model.train()
+    sums = torch.zeros(3, dtype=torch.float64)
+    for begin in range(0, len(indices), batch_size):
+        idx = indices[begin:begin + batch_size]
+        xb = torch.from_numpy(x[idx]).to(device)
+        yb = torch.from_numpy(y[idx]).to(device)
+        opt.zero_grad()
+        logits = model(xb)
+        loss = loss_fn(logits, yb)
+        loss.backward()
+        opt.step()
+        sums += torch.tensor([loss.item() * len(idx), (logits.argmax(1) == yb).sum().item(), len(idx)],
+                             dtype=torch.float64)
+    return sums
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import numpy as np
@@ -80,20 +100,7 @@ def train_loop(config: dict[str, Any]) -> None:
         _crash_on_cue(rank, epoch, ckpt is not None)
         # Same permutation on every rank, then a disjoint equal slice per rank.
         order = np.random.default_rng(config["seed"] + epoch).permutation(len(y))
-        mine = order[rank * per_rank:(rank + 1) * per_rank]
-        model.train()
-        sums = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
-        for begin in range(0, per_rank, bs):
-            idx = mine[begin:begin + bs]
-            xb = torch.from_numpy(x[idx]).to(device)
-            yb = torch.from_numpy(y[idx]).to(device)
-            opt.zero_grad()
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            loss.backward()
-            opt.step()
-            sums += torch.tensor([loss.item() * len(idx), (logits.argmax(1) == yb).sum().item(), len(idx)],
-                                 dtype=torch.float64)
+        sums = run_epoch(model, opt, loss_fn, x, y, order[rank * per_rank:(rank + 1) * per_rank], bs, device)
         if world > 1:
             dist.all_reduce(sums)
         history.append({"epoch": epoch, "train_loss": float(sums[0] / sums[2]),
@@ -129,13 +136,89 @@ def plan_workers(cfg, resources: dict[str, float], cpu_nodes: int) -> tuple[int,
     return n, False, f"auto: no GPUs, one per node ({n})"
 
 
+def estimate_seconds(model, x, y, batch_size: int, epochs: int, lr: float) -> float:
+    """The single-process compute of the whole training, from timing a few real steps on a copy."""
+    import copy
+    import time
+
+    import torch
+
+    probe = copy.deepcopy(model)
+    opt = torch.optim.Adam(probe.parameters(), lr=lr)
+    idx = list(range(min(batch_size, len(y))))
+    steps = []
+    for _ in range(4):  # the first step pays for lazy initialisation: drop it
+        t0 = time.perf_counter()
+        run_epoch(probe, opt, torch.nn.CrossEntropyLoss(), x, y, idx, batch_size, "cpu")
+        steps.append(time.perf_counter() - t0)
+    per_step = sorted(steps[1:])[1]
+    return per_step * -(-len(y) // batch_size) * epochs
+
+
+def _train_here(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | None, why: str) -> Checkpoint:
+    """Tiny compute: train in this process. Ray Train's worker group costs ~15 s to start and
+    ~5 s to stop on these machines, more than the whole of such a training."""
+    import numpy as np
+    import torch
+
+    cfg = ctx.pipeline.config.train
+    device = "cuda" if cfg.use_gpu is not False and torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    history = []
+    for epoch in range(cfg.epochs):
+        order = np.random.default_rng(cfg.seed + epoch).permutation(len(y))
+        sums = run_epoch(model, opt, loss_fn, x, y, order, cfg.batch_size, device)
+        history.append({"epoch": epoch, "train_loss": float(sums[0] / sums[2]),
+                        "train_accuracy": float(sums[1] / sums[2])})
+    weights = ctx.path("checkpoint", "weights.pt")
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
+    return Checkpoint(
+        weights_file=str(weights), sha256=sha256_file(weights), epochs=cfg.epochs, num_workers=1,
+        use_gpu=device == "cuda", warm_started_from=snapshot.champion.version if init else None,
+        history=tuple(history), workers_reason=why, placement="in_process",
+    )
+
+
 def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
+    import torch
+
+    from orchestrator.dataset import load_arrays
+
+    cfg = ctx.pipeline.config.train
+    champion = snapshot.champion
+    init = str(Path(champion.folder) / "weights.pt") if cfg.warm_start and champion is not None else None
+    torch.manual_seed(cfg.seed)
+    model = ctx.pipeline.module().build_model()
+    if init:
+        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+    x, y = load_arrays(snapshot.train_file)
+    start = f", warm start from v{champion.version}" if init else ", from scratch"
+    if cfg.workers == "auto" and cfg.in_process_below_s:
+        est = estimate_seconds(model, x, y, cfg.batch_size, cfg.epochs, cfg.lr)
+        if est < cfg.in_process_below_s:
+            why = (f"auto: estimated compute {est:.1f} s < train.in_process_below_s ({cfg.in_process_below_s:g} s), "
+                   "so trained in this process without Ray Train's worker start-up")
+            ctx.say(f"training in this process ({why}), {cfg.epochs} epochs, {snapshot.train_rows} rows{start}")
+            out = _train_here(ctx, snapshot, model, x, y, init, why)
+            _log_history(ctx, out.history)
+            return out
+    return _train_on_ray(ctx, snapshot, model, x, y, init, start)
+
+
+def _log_history(ctx: StageContext, history) -> None:
+    for row in history:
+        ctx.registry.log_metrics(ctx.run_id, {"train_loss": row["train_loss"], "train_accuracy": row["train_accuracy"]},
+                                 step=row["epoch"])
+
+
+def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | None, start: str) -> Checkpoint:
     import ray
     import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from orchestrator.dataset import load_arrays
     from orchestrator.runtime import ensure_ray
     from orchestrator.storage import cluster_hosts
 
@@ -149,21 +232,20 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
 
         seen = [f"{ip}: {', '.join(names)}" for ip, names in gpu_inventory().items() if names]
         why += f"; NVML: {'; '.join(seen) or 'no GPU visible to NVML'}"
-    champion = snapshot.champion
-    init = None
-    if cfg.warm_start and champion is not None:
+    init_ref = None
+    if init:
         buf = io.BytesIO()
-        torch.save(torch.load(Path(champion.folder) / "weights.pt", map_location="cpu", weights_only=True), buf)
-        init = ray.put(buf.getvalue())
+        torch.save(model.state_dict(), buf)
+        init_ref = ray.put(buf.getvalue())
     ctx.say(f"training on {workers} {'GPU' if use_gpu else 'CPU'} worker(s) ({why}), {cfg.epochs} epochs, "
-            f"{snapshot.train_rows} rows" + (f", warm start from v{champion.version}" if init else ", from scratch"))
+            f"{snapshot.train_rows} rows{start}")
     storage_path, storage_fs = ctx.storage.ray_train_storage()
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
-            "model_source": ctx.pipeline.model_file.read_text(), "data": ray.put(load_arrays(snapshot.train_file)),
-            "init_weights": init, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
-            "checkpoint_every": cfg.checkpoint_every,
+            "model_source": ctx.pipeline.model_file.read_text(), "data": ray.put((x, y)),
+            "init_weights": init_ref, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "seed": cfg.seed, "checkpoint_every": cfg.checkpoint_every,
         },
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -186,12 +268,10 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
         shutil.copy(Path(folder) / "weights.pt", weights)
         run_info = json.loads((Path(folder) / "run.json").read_text())
     history = run_info["history"]
-    for row in history:
-        ctx.registry.log_metrics(ctx.run_id, {"train_loss": row["train_loss"], "train_accuracy": row["train_accuracy"]},
-                                 step=row["epoch"])
+    _log_history(ctx, history)
     return Checkpoint(
         weights_file=str(weights), sha256=sha256_file(weights), epochs=cfg.epochs, num_workers=workers,
-        use_gpu=use_gpu, warm_started_from=champion.version if init else None, history=tuple(history),
+        use_gpu=use_gpu, warm_started_from=snapshot.champion.version if init else None, history=tuple(history),
         nodes=tuple(run_info["nodes"]), restarts=run_info["restarts"], resumed_from_epoch=run_info["resumed_from_epoch"],
         workers_reason=why,
     )

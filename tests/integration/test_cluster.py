@@ -4,8 +4,8 @@ cycles sent to it with `plaster submit`, and the results read from `mlflow serve
 Each node offers one CPU, so the two training workers can only be placed one per node.
 """
 
-import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -100,7 +100,9 @@ def site(tmp_path_factory):
     """A PLASTER_HOME, a pipeline whose training takes a few checkpoints, and an `mlflow server`."""
     mp, digits = module_home(tmp_path_factory, "cluster-site")
     yaml_file = digits / "pipeline.yaml"
-    text = yaml_file.read_text().replace("epochs: 30", "epochs: 12\n  checkpoint_every: 3")
+    # Two Ray Train workers (not the right-sized in-process training digits gets by default).
+    text = re.sub(r"workers: auto.*", "workers: 2", yaml_file.read_text())
+    text = text.replace("epochs: 30", "epochs: 12\n  checkpoint_every: 3")
     yaml_file.write_text(text)
     with mlflow_server_at(tmp_path_factory.mktemp("cluster-mlflow")) as server:
         mp.setenv("MLFLOW_TRACKING_URI", server)
@@ -122,10 +124,20 @@ def _last_record(site) -> dict:
     return records.load_all(Workspace.from_env(), "digits")[-1]
 
 
-def test_a_wrong_token_is_refused_with_the_fix(cluster, site):
+def test_a_wrong_token_is_refused_with_the_fix_and_a_token_file_is_read(cluster, site, tmp_path):
     out = submit(cluster, site, token="not-the-token")
     assert out.returncode == 2
     assert "RAY_AUTH_TOKEN" in out.stderr, out.stderr
+
+    # Ray's token file instead of the variable: the job server answers.
+    token_file = tmp_path / "auth_token"
+    token_file.write_text(cluster["token"])
+    env = {k: v for k, v in cluster["env"].items() if k != "RAY_AUTH_TOKEN"}
+    probe = subprocess.run([sys.executable, "-c", "import sys; from orchestrator.submit import client; "
+                            "print(len(client(sys.argv[1]).list_jobs()))", cluster["address"]],
+                           capture_output=True, text=True, env={**env, "RAY_AUTH_TOKEN_PATH": str(token_file)},
+                           timeout=120)
+    assert probe.returncode == 0 and probe.stdout.strip().isdigit(), probe.stderr[-2000:]
 
 
 def test_submitted_cycle_trains_across_both_nodes_and_promotes_in_mlflow(cluster, site):

@@ -2,6 +2,7 @@
 and pyarrow's S3 filesystem in between; no mock of any client."""
 
 import json
+import re
 
 import pytest
 
@@ -32,7 +33,9 @@ def s3_uri(monkeypatch):
 def test_a_cycle_keeps_checkpoints_engines_and_its_record_in_s3(home, digits, s3_uri):
     yaml_file = digits / "pipeline.yaml"
     # Engines built as parallel Ray tasks: the tasks, in their own processes, write to the bucket too.
-    text = (yaml_file.read_text().replace("epochs: 30", "epochs: 4\n  checkpoint_every: 2")
+    # Two Ray Train workers, so the checkpoints come from worker processes.
+    text = (re.sub(r"workers: auto.*", "workers: 2", yaml_file.read_text())
+            .replace("epochs: 30", "epochs: 4\n  checkpoint_every: 2")
             .replace("build:\n", "build:\n  parallel: true\n"))
     yaml_file.write_text(text + f'\nstorage:\n  uri: "{s3_uri}"\n')
     api.simulate(digits, shards=4)

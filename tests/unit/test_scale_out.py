@@ -108,3 +108,25 @@ def test_engine_cache_key_changes_with_the_gpu_model_and_the_library_version():
     assert base == cache_key(backend("NVIDIA H100 sm_90", "11.4.0"), "abc", "fp16")
     assert base != cache_key(backend("NVIDIA L4 sm_89", "11.4.0"), "abc", "fp16")
     assert base != cache_key(backend("NVIDIA H100 sm_90", "11.5.0"), "abc", "fp16")
+
+
+def test_tiny_compute_trains_in_this_process_and_says_why(home, digits):
+    """workers: auto + an estimate under train.in_process_below_s: no Ray Train worker group."""
+    from fakes import context
+
+    from orchestrator import api
+    from orchestrator.stages import ingest, train
+
+    yaml_file = digits / "pipeline.yaml"
+    yaml_file.write_text(yaml_file.read_text().replace("epochs: 30", "epochs: 3"))
+    api.simulate(digits, shards=1)
+    ctx = context(home, digits)
+    ckpt = train.run(ctx, ingest.run(ctx))
+    assert ckpt.placement == "in_process" and ckpt.num_workers == 1
+    assert "estimated compute" in ckpt.workers_reason and "in_process_below_s" in ckpt.workers_reason
+    assert [h["epoch"] for h in ckpt.history] == [0, 1, 2] and ckpt.history[-1]["train_loss"] > 0
+    import torch
+
+    weights = torch.load(ckpt.weights_file, weights_only=True)
+    ctx.pipeline.module().build_model().load_state_dict(weights)  # a complete state dict of the model
+    assert [step for _, m, step in ctx.registry.metrics if "train_loss" in m] == [0, 1, 2], "history went to MLflow"
