@@ -147,12 +147,12 @@ def estimate_seconds(model, x, y, batch_size: int, epochs: int, lr: float) -> fl
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     idx = list(range(min(batch_size, len(y))))
     steps = []
-    for _ in range(4):  # the first step pays for lazy initialisation: drop it
+    for _ in range(6):  # the first step pays for lazy initialisation: drop it
         t0 = time.perf_counter()
         run_epoch(probe, opt, torch.nn.CrossEntropyLoss(), x, y, idx, batch_size, "cpu")
         steps.append(time.perf_counter() - t0)
-    per_step = sorted(steps[1:])[1]
-    return per_step * -(-len(y) // batch_size) * epochs
+    # The fastest step: what the work costs; slower ones measured a neighbour's load too.
+    return min(steps[1:]) * -(-len(y) // batch_size) * epochs
 
 
 def _train_here(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | None, why: str) -> Checkpoint:
@@ -195,6 +195,7 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
         model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
     x, y = load_arrays(snapshot.train_file)
     start = f", warm start from v{champion.version}" if init else ", from scratch"
+    sized = ""
     if cfg.workers == "auto" and cfg.in_process_below_s:
         est = estimate_seconds(model, x, y, cfg.batch_size, cfg.epochs, cfg.lr)
         if est < cfg.in_process_below_s:
@@ -204,7 +205,8 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
             out = _train_here(ctx, snapshot, model, x, y, init, why)
             _log_history(ctx, out.history)
             return out
-    return _train_on_ray(ctx, snapshot, model, x, y, init, start)
+        sized = f"; estimated compute {est:.1f} s >= train.in_process_below_s ({cfg.in_process_below_s:g} s)"
+    return _train_on_ray(ctx, snapshot, model, x, y, init, start, sized)
 
 
 def _log_history(ctx: StageContext, history) -> None:
@@ -213,7 +215,8 @@ def _log_history(ctx: StageContext, history) -> None:
                                  step=row["epoch"])
 
 
-def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | None, start: str) -> Checkpoint:
+def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | None, start: str,
+                  sized: str = "") -> Checkpoint:
     import ray
     import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -227,6 +230,7 @@ def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str 
     ctx.storage.check_reachable(cluster_hosts())
     cpu_nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1)
     workers, use_gpu, why = plan_workers(cfg, ray.cluster_resources(), cpu_nodes)
+    why += sized
     if use_gpu and cfg.workers == "auto":
         from orchestrator.runtime import gpu_inventory
 

@@ -13,7 +13,7 @@ def test_reference_pipeline_is_valid(digits):
 
 def test_every_error_reported_at_once_naming_the_key(digits):
     text = (digits / "pipeline.yaml").read_text()
-    text = text.replace("workers: 2", "wrkers: 2").replace("epochs: 30", "epochs: -1")
+    text = text.replace("workers: auto", "wrkers: auto").replace("epochs: 30", "epochs: -1")
     text = text.replace("holdout_fraction: 0.2", "holdout_fraction: 1.5")
     (digits / "pipeline.yaml").write_text(text)
     with pytest.raises(ConfigError) as e:
