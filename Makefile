@@ -8,7 +8,7 @@ export PLASTER_HOME ?= $(CURDIR)/.plaster
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-unit bench bench-gate bench-serve clean-home
+.PHONY: setup demo test test-unit bench bench-heavy bench-warm-start bench-soak bench-gate bench-serve clean-home
 
 setup: $(STAMP)
 
@@ -33,7 +33,16 @@ test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
 bench: setup
-	$(BIN)/python benchmarks/cycle_time.py
+	$(BIN)/python benchmarks/cycle_time.py --workload digits
+
+bench-heavy: setup
+	$(BIN)/python benchmarks/cycle_time.py --workload heavy
+
+bench-warm-start: setup
+	$(BIN)/python benchmarks/warm_start.py --workload digits
+
+bench-soak: setup
+	$(BIN)/python benchmarks/soak.py --workload digits --cycles 20
 
 bench-gate: setup
 	$(BIN)/python benchmarks/gate_quality.py

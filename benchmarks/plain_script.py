@@ -98,7 +98,7 @@ def main() -> None:
 
     with mlflow.start_run():
         mlflow.log_metrics({f"acc_{k}_{s}": v for k, d in acc.items() for s, v in d.items()})
-        mlflow.onnx.log_model(onnx.load(f"{out}/fp32.onnx"), name="model", registered_model_name="digits-plain",
+        mlflow.onnx.log_model(onnx.load(f"{out}/fp32.onnx"), name="model", registered_model_name=f"{p.name}-plain",
                               onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False)
     lap("register")
     print(json.dumps({"wall_s": time.perf_counter() - T0, "pieces_s": t, "accuracy": acc, "p50_ms": lat}))
