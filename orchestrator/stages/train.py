@@ -1,6 +1,9 @@
-"""train: Ray Train TorchTrainer (V2) on the snapshot, warm-started from the champion.
+"""train: the candidate's weights from the snapshot, warm-started from the champion.
 
-Workers get the snapshot's arrays, model.py's source and the warm-start weights through
+Right-sized first: with `train.workers: auto`, a few real steps on a copy of the model
+estimate the whole training; under `train.in_process_below_s` it trains in this process,
+because Ray Train's worker group costs more to start and stop than such a training takes.
+Otherwise Ray Train's TorchTrainer (V2). Workers get the snapshot's arrays, model.py's source and the warm-start weights through
 Ray's object store, so nothing has to be on a worker's disk and the workers can sit on any
 node (no Ray Data: it starves on 2 CPUs). Each takes an equal slice so DDP's collectives
 stay in step. Every `train.checkpoint_every` epochs rank 0 reports a checkpoint (weights,
