@@ -150,7 +150,8 @@ def main() -> None:
             own, total, procs = sample()
             where, why = placement(rec)
             ingest = (rec["stages"].get("ingest") or {}).get("output") or {}
-            rows.append({"cycle": cycle, "decision": rec["decision"], "reasons": rec["reasons"], "wall_s": wall, "train_rows": ingest.get("train_rows"),
+            rows.append({"cycle": cycle, "decision": rec["decision"], "reasons": rec["reasons"], "wall_s": wall,
+                         "train_rows": ingest.get("train_rows"),
                          "placement": where, "workers_reason": why, "processes": procs,
                          "peak_self_mib": mem.peak_self_mib, "peak_tree_mib": mem.peak_mib,
                          "end_self_mib": own / MIB, "end_tree_mib": total / MIB, "high_water_mib": high_water() / MIB})
