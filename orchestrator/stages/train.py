@@ -1,8 +1,9 @@
 """train: the candidate's weights from the snapshot, warm-started from the champion.
 
 Right-sized first: with `train.workers: auto`, a few real steps on a copy of the model
-estimate the whole training; under `train.in_process_below_s` it trains in this process,
-because Ray Train's worker group costs more to start and stop than such a training takes.
+estimate the whole training; under `train.in_process_below_s`, or on a cluster that is one
+machine without GPUs (one worker either way), it trains in this process, because Ray
+Train's worker group costs ~20 s to start and stop and would add nothing else.
 Otherwise Ray Train's TorchTrainer (V2). Workers get the snapshot's arrays, model.py's source and the warm-start weights through
 Ray's object store, so nothing has to be on a worker's disk and the workers can sit on any
 node (no Ray Data: it starves on 2 CPUs). Each takes an equal slice so DDP's collectives
@@ -162,8 +163,10 @@ def estimate_seconds(model, x, y, batch_size: int, epochs: int, lr: float) -> fl
 
 
 def _train_here(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | None, why: str) -> Checkpoint:
-    """Tiny compute: train in this process. Ray Train's worker group costs ~15 s to start and
-    ~5 s to stop on these machines, more than the whole of such a training."""
+    """Train in this process: for tiny compute, Ray Train's worker group costs more to start and
+    stop (~20 s here) than the training; on one machine without GPUs it has nothing to
+    distribute. Checkpoints every `checkpoint_every` epochs to the cycle's folder, so a crashed
+    cycle's `--resume` continues from the last one."""
     import numpy as np
     import torch
 
@@ -172,19 +175,49 @@ def _train_here(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | 
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
-    history = []
-    for epoch in range(cfg.epochs):
+    history: list[dict[str, float]] = []
+    start, restarts, resumed_from = 0, 0, None
+    state_file = ctx.path("checkpoint", "state.pt")
+    if state_file.exists():  # a resumed cycle: continue from the last checkpoint
+        state = torch.load(state_file, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history, start = state["history"], state["epoch"] + 1
+        restarts, resumed_from = state["restarts"] + 1, state["epoch"] + 1
+    for epoch in range(start, cfg.epochs):
         order = np.random.default_rng(cfg.seed + epoch).permutation(len(y))
         sums = run_epoch(model, opt, loss_fn, x, y, order, cfg.batch_size, device)
         history.append({"epoch": epoch, "train_loss": float(sums[0] / sums[2]),
                         "train_accuracy": float(sums[1] / sums[2])})
+        if (epoch + 1) % cfg.checkpoint_every == 0 and epoch != cfg.epochs - 1:
+            tmp = state_file.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                        "history": history, "restarts": restarts}, tmp)
+            tmp.rename(state_file)
     weights = ctx.path("checkpoint", "weights.pt")
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
     return Checkpoint(
         weights_file=str(weights), sha256=sha256_file(weights), epochs=cfg.epochs, num_workers=1,
         use_gpu=device == "cuda", warm_started_from=snapshot.champion.version if init else None,
-        history=tuple(history), workers_reason=why, placement="in_process",
+        history=tuple(history), restarts=restarts, resumed_from_epoch=resumed_from, workers_reason=why,
+        placement="in_process",
     )
+
+
+def _one_cpu_machine() -> bool:
+    """Is the cluster this training would get one machine without GPUs? Then Ray Train's
+    single worker would only add its start-up. Without a running Ray or RAY_ADDRESS, the
+    cluster would be a local one on this machine: ask torch rather than start Ray."""
+    import ray
+    import torch
+
+    from orchestrator.storage import cluster_hosts
+
+    if not os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
+        return not torch.cuda.is_available()
+
+    return ray.cluster_resources().get("GPU", 0) == 0 and cluster_hosts() == 1 and \
+        sum(1 for n in ray.nodes() if n.get("Alive")) == 1
 
 
 def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
@@ -207,6 +240,12 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
         if est < cfg.in_process_below_s:
             why = (f"auto: estimated compute {est:.1f} s < train.in_process_below_s ({cfg.in_process_below_s:g} s), "
                    "so trained in this process without Ray Train's worker start-up")
+        elif cfg.use_gpu is not True and _one_cpu_machine():
+            why = (f"auto: estimated compute {est:.1f} s, but the cluster is one machine without GPUs: one worker "
+                   "either way, so trained in this process without Ray Train's worker start-up")
+        else:
+            why = ""
+        if why:
             ctx.say(f"training in this process ({why}), {cfg.epochs} epochs, {snapshot.train_rows} rows{start}")
             out = _train_here(ctx, snapshot, model, x, y, init, why)
             _log_history(ctx, out.history)

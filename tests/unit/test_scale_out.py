@@ -118,10 +118,11 @@ def test_tiny_compute_trains_in_this_process_and_says_why(home, digits):
     from orchestrator.stages import ingest, train
 
     yaml_file = digits / "pipeline.yaml"
-    yaml_file.write_text(yaml_file.read_text().replace("epochs: 30", "epochs: 3"))
+    yaml_file.write_text(yaml_file.read_text().replace("epochs: 30", "epochs: 3\n  checkpoint_every: 1"))
     api.simulate(digits, shards=1)
     ctx = context(home, digits)
-    ckpt = train.run(ctx, ingest.run(ctx))
+    snapshot = ingest.run(ctx)
+    ckpt = train.run(ctx, snapshot)
     assert ckpt.placement == "in_process" and ckpt.num_workers == 1
     assert "estimated compute" in ckpt.workers_reason and "in_process_below_s" in ckpt.workers_reason
     assert [h["epoch"] for h in ckpt.history] == [0, 1, 2] and ckpt.history[-1]["train_loss"] > 0
@@ -130,3 +131,10 @@ def test_tiny_compute_trains_in_this_process_and_says_why(home, digits):
     weights = torch.load(ckpt.weights_file, weights_only=True)
     ctx.pipeline.module().build_model().load_state_dict(weights)  # a complete state dict of the model
     assert [step for _, m, step in ctx.registry.metrics if "train_loss" in m] == [0, 1, 2], "history went to MLflow"
+    assert ckpt.restarts == 0 and ckpt.resumed_from_epoch is None
+
+    # The stage run again in the same cycle folder (what `plaster run --resume` does after a
+    # crash) continues from the last checkpoint (epoch 1) instead of training again.
+    again = train.run(ctx, snapshot)
+    assert again.restarts == 1 and again.resumed_from_epoch == 2
+    assert [h["epoch"] for h in again.history] == [0, 1, 2] and again.history[:2] == ckpt.history[:2]
