@@ -70,9 +70,11 @@ def train_loop(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    # Ray sets OMP_NUM_THREADS=1 in a 1-CPU worker: share the node's cores among its workers
+    # Ray sets OMP_NUM_THREADS=1 in a 1-CPU worker: share the node's CPUs among its workers
     # instead, as a single process would use them.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
+    here = ray.get_runtime_context().get_node_id()
+    cpus = next((n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == here), 1)
+    torch.set_num_threads(max(1, int(cpus) // max(1, ctx.get_local_world_size())))
     with tempfile.TemporaryDirectory() as tmp:  # model.py arrives as source: no shared disk needed
         (Path(tmp) / "model.py").write_text(config["model_source"])
         model = load_module(Path(tmp) / "model.py").build_model()
