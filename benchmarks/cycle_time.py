@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 # workloads first: it puts this checkout's orchestrator on sys.path
-from workloads import ROOT, WORKLOADS, add_set_option, copy_pipeline, placement, prepare
+from workloads import ROOT, copy_pipeline, parse, placement, prepare
 from rss import PeakRSS  # noqa: I001
 
 
@@ -58,18 +58,10 @@ def measured_subprocess(cmd: list[str], env: dict[str, str]) -> tuple[float, flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="digits")
     ap.add_argument("--reps", type=int, default=3)
-    add_set_option(ap)
-    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/cycle_time_<workload>.json")
-    args = ap.parse_args()
-    out_file = args.out or ROOT / "benchmarks" / "results" / f"cycle_time_{args.workload}.json"
-    from rich.console import Console
+    args, out_file, console = parse(ap, "cycle_time")
     from rich.table import Table
 
-    console = Console(width=140)
-    if args.overrides:
-        console.print(f"[bold]pipeline.yaml overridden: {args.overrides}: smoke figures, not the benchmark's[/]")
     paths = ("plaster cold", "plaster warm", "plain script", "compute floor")
     runs: dict[str, list[float]] = {k: [] for k in paths}
     peaks: dict[str, list[float]] = {k: [] for k in paths[:3]}

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 # workloads first: it puts this checkout's orchestrator on sys.path
-from workloads import ROOT, WORKLOADS, add_set_option, copy_pipeline, placement
+from workloads import copy_pipeline, parse, placement
 from rss import MIB, PeakRSS, sample  # noqa: I001
 
 TARGET_PCT = 10.0
@@ -117,19 +117,11 @@ def plot(rows: list[dict], workload: str, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="digits")
     ap.add_argument("--cycles", type=int, default=20)
-    add_set_option(ap)
     ap.add_argument("--shards", type=int, default=4, help="new shards before each cycle")
-    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/soak_<workload>.json")
-    args = ap.parse_args()
-    out_file = args.out or ROOT / "benchmarks" / "results" / f"soak_{args.workload}.json"
-    from rich.console import Console
+    args, out_file, console = parse(ap, "soak")
     from rich.table import Table
 
-    console = Console(width=140)
-    if args.overrides:
-        console.print(f"[bold]pipeline.yaml overridden: {args.overrides}: smoke figures, not the benchmark's[/]")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="plaster-soak-") as t:
         tmp = Path(t)

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 # workloads first: it puts this checkout's orchestrator on sys.path
-from workloads import ROOT, WORKLOADS, add_set_option, copy_pipeline, placement, prepare
+from workloads import copy_pipeline, parse, placement, prepare
 
 TARGET = 1 / 3
 
@@ -124,19 +124,11 @@ def plot(reps: list[dict], workload: str, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="digits")
     ap.add_argument("--reps", type=int, default=3, help="seeds train.seed .. train.seed + reps - 1")
-    add_set_option(ap)
     ap.add_argument("--epochs", type=int, default=None, help="default: the pipeline's train.epochs")
-    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/warm_start_<workload>.json")
-    args = ap.parse_args()
-    out_file = args.out or ROOT / "benchmarks" / "results" / f"warm_start_{args.workload}.json"
-    from rich.console import Console
+    args, out_file, console = parse(ap, "warm_start")
     from rich.table import Table
 
-    console = Console(width=140)
-    if args.overrides:
-        console.print(f"[bold]pipeline.yaml overridden: {args.overrides}: smoke figures, not the benchmark's[/]")
     with tempfile.TemporaryDirectory(prefix="plaster-warm-bench-") as t:
         tmp = Path(t)
         folder = copy_pipeline(args.workload, tmp, args.overrides)

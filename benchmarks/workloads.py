@@ -48,10 +48,22 @@ def copy_pipeline(workload: str, tmp: Path, overrides: list[str] | tuple[str, ..
     return folder
 
 
-def add_set_option(ap) -> None:
+def parse(ap, name: str):
+    """The options every workload benchmark shares (--workload, --set, --out), parsed; returns
+    (args, the JSON file to write, a console that has said whether the figures are smoke)."""
+    from rich.console import Console
+
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="digits")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a pipeline.yaml key in the benchmark's copy (smoke runs, e.g. train.epochs=2); "
                          "the figures that count are for the pipeline as shipped")
+    ap.add_argument("--out", type=Path, default=None, help=f"default: benchmarks/results/{name}_<workload>.json")
+    args = ap.parse_args()
+    out_file = args.out or ROOT / "benchmarks" / "results" / f"{name}_{args.workload}.json"
+    console = Console(width=140)
+    if args.overrides:
+        console.print(f"[bold]pipeline.yaml overridden: {args.overrides}: smoke figures, not the benchmark's[/]")
+    return args, out_file, console
 
 
 def prepare(base: Path, folder: Path, shards: int = 4) -> dict:

@@ -16,9 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy import ndimage
+
+from orchestrator.config import load_module
+
+# The Parquet layout is the reference pipeline's: write shards with its writer.
+_DIGITS = load_module(Path(__file__).resolve().parents[2] / "pipelines" / "digits" / "simulate.py")
 
 SIDE = 16
 ROWS_PER_SHARD = 1000
@@ -55,23 +58,13 @@ def drift(images: np.ndarray, severity: float, rng: np.random.Generator) -> np.n
     return out
 
 
-def _write(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp")
-    table = pa.table({
-        "pixels": pa.array(list(images.reshape(len(images), -1)), type=pa.list_(pa.float32())),
-        "label": pa.array(labels, type=pa.int64()),
-    })
-    pq.write_table(table, tmp)
-    tmp.rename(path)  # a reader never sees a half-written shard
-
-
 def simulate(source: Path, golden: Path | None, shards: int, shuffle_labels: bool = False) -> list[Path]:
     """Append the next `shards` shards of the stream to `source`; return their paths."""
     source.mkdir(parents=True, exist_ok=True)
     (golden_x, golden_y), (pool_x, pool_y) = _split()
     if golden is not None and not golden.exists():
         golden.parent.mkdir(parents=True, exist_ok=True)
-        _write(golden, golden_x, golden_y)
+        _DIGITS.write_shard(golden, golden_x, golden_y)
     start = len(list(source.glob("shard-*.parquet")))
     written = []
     for k in range(start, start + shards):
@@ -82,6 +75,6 @@ def simulate(source: Path, golden: Path | None, shards: int, shuffle_labels: boo
         if shuffle_labels:
             rng.shuffle(labels)
         path = source / f"shard-{k:05d}.parquet"
-        _write(path, images, labels)
+        _DIGITS.write_shard(path, images, labels)
         written.append(path)
     return written

@@ -37,6 +37,16 @@ def _crash_on_cue(rank: int, epoch: int, resumed: bool) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _resume(state_file: Path, model, opt, device) -> tuple[list, int, int, int]:
+    """Load a training checkpoint into `model` and `opt`: (history, next epoch, restarts, next epoch)."""
+    import torch
+
+    state = torch.load(state_file, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return state["history"], state["epoch"] + 1, state["restarts"] + 1, state["epoch"] + 1
+
+
 def run_epoch(model, opt, loss_fn, x, y, indices, batch_size: int, device):
     """One pass over `indices` in batches; returns (sum of loss*n, correct, n) as float64."""
     import torch
@@ -86,11 +96,7 @@ def train_loop(config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:  # a restarted group: continue where the last checkpoint left off
         with ckpt.as_directory() as folder:
-            state = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        history, start = state["history"], state["epoch"] + 1
-        restarts, resumed_from = state["restarts"] + 1, state["epoch"] + 1
+            history, start, restarts, resumed_from = _resume(Path(folder) / "state.pt", model, opt, "cpu")
     elif config["init_weights"] is not None:
         model.load_state_dict(torch.load(io.BytesIO(ray.get(config["init_weights"])), map_location="cpu",
                                          weights_only=True))
@@ -181,11 +187,7 @@ def _train_here(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | 
     start, restarts, resumed_from = 0, 0, None
     state_file = ctx.path("checkpoint", "state.pt")
     if state_file.exists():  # a resumed cycle: continue from the last checkpoint
-        state = torch.load(state_file, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        history, start = state["history"], state["epoch"] + 1
-        restarts, resumed_from = state["restarts"] + 1, state["epoch"] + 1
+        history, start, restarts, resumed_from = _resume(state_file, model, opt, device)
     for epoch in range(start, cfg.epochs):
         order = np.random.default_rng(cfg.seed + epoch).permutation(len(y))
         sums = run_epoch(model, opt, loss_fn, x, y, order, cfg.batch_size, device)

@@ -47,7 +47,7 @@ def drift(images: np.ndarray, severity: float, rng: np.random.Generator) -> np.n
     return out
 
 
-def _write(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+def write_shard(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     tmp = path.with_suffix(".tmp")
     table = pa.table({
         "pixels": pa.array(list(images.reshape(len(images), -1)), type=pa.list_(pa.float32())),
@@ -63,7 +63,7 @@ def simulate(source: Path, golden: Path | None, shards: int, shuffle_labels: boo
     (golden_x, golden_y), (pool_x, pool_y) = _split()
     if golden is not None and not golden.exists():
         golden.parent.mkdir(parents=True, exist_ok=True)
-        _write(golden, golden_x, golden_y)
+        write_shard(golden, golden_x, golden_y)
     start = len(list(source.glob("shard-*.parquet")))
     written = []
     for k in range(start, start + shards):
@@ -74,6 +74,6 @@ def simulate(source: Path, golden: Path | None, shards: int, shuffle_labels: boo
         if shuffle_labels:
             rng.shuffle(labels)
         path = source / f"shard-{k:05d}.parquet"
-        _write(path, images, labels)
+        write_shard(path, images, labels)
         written.append(path)
     return written
