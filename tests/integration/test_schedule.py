@@ -57,8 +57,12 @@ def test_data_and_cron_triggers_one_cycle_at_a_time_and_metrics(home, digits):
         api.simulate(digits, shards=4)  # nobody calls run: the poll sees 1,000 new rows
         rec = wait_for(lambda: decided(ws, "data"), 300, "a data-triggered cycle")
         assert rec["decision"] == "PROMOTED" and rec["version"] == "1"
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        assert 'plaster_decisions_total{decision="PROMOTED",pipeline="digits"} 1.0' in metrics
+        # The record says "decided" a moment before the daemon observes the cycle's metrics.
+        def scrape():
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            return text if 'plaster_decisions_total{decision="PROMOTED",pipeline="digits"} 1.0' in text else None
+
+        metrics = wait_for(scrape, 30, "the daemon to observe the decided cycle")
         assert 'plaster_champion_version{pipeline="digits"} 1.0' in metrics
         assert 'plaster_cycle_time_seconds_count{pipeline="digits"} 1.0' in metrics
         assert 'plaster_data_to_live_seconds_count{pipeline="digits"} 1.0' in metrics
