@@ -62,6 +62,20 @@ def read_shard(path: Path, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def write_shard(path: Path, x: np.ndarray, y: np.ndarray, feature_column: str = "pixels",
+                label_column: str = "label") -> None:
+    """The inverse of read_shard, for simulators: features flattened into a list<float32>
+    column, labels int64. Written to a temporary name and renamed, so ingest never reads a
+    half-written shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(pa.table({feature_column: pa.array(list(x.reshape(len(x), -1)), type=pa.list_(pa.float32())),
+                             label_column: pa.array(y, type=pa.int64())}), tmp)
+    tmp.rename(path)
+
+
 def save_arrays(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     np.savez(path, x=x, y=y)
 

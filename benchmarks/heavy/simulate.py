@@ -18,10 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from orchestrator.config import load_module
-
-# The Parquet layout is the reference pipeline's: write shards with its writer.
-_DIGITS = load_module(Path(__file__).resolve().parents[2] / "pipelines" / "digits" / "simulate.py")
+from orchestrator.dataset import write_shard
 
 SIDE = 16
 ROWS_PER_SHARD = 1000
@@ -64,7 +61,7 @@ def simulate(source: Path, golden: Path | None, shards: int, shuffle_labels: boo
     (golden_x, golden_y), (pool_x, pool_y) = _split()
     if golden is not None and not golden.exists():
         golden.parent.mkdir(parents=True, exist_ok=True)
-        _DIGITS.write_shard(golden, golden_x, golden_y)
+        write_shard(golden, golden_x, golden_y)
     start = len(list(source.glob("shard-*.parquet")))
     written = []
     for k in range(start, start + shards):
@@ -75,6 +72,6 @@ def simulate(source: Path, golden: Path | None, shards: int, shuffle_labels: boo
         if shuffle_labels:
             rng.shuffle(labels)
         path = source / f"shard-{k:05d}.parquet"
-        _DIGITS.write_shard(path, images, labels)
+        write_shard(path, images, labels)
         written.append(path)
     return written

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy import ndimage
+
+from orchestrator.dataset import write_shard
 
 ROWS_PER_SHARD = 250
 GOLDEN_ROWS = 400
@@ -45,16 +45,6 @@ def drift(images: np.ndarray, severity: float, rng: np.random.Generator) -> np.n
         im = im + rng.normal(0.0, 0.1 * severity, size=im.shape)
         out[i] = np.clip(im, 0.0, 1.0)
     return out
-
-
-def write_shard(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp")
-    table = pa.table({
-        "pixels": pa.array(list(images.reshape(len(images), -1)), type=pa.list_(pa.float32())),
-        "label": pa.array(labels, type=pa.int64()),
-    })
-    pq.write_table(table, tmp)
-    tmp.rename(path)  # a reader never sees a half-written shard
 
 
 def simulate(source: Path, golden: Path | None, shards: int, shuffle_labels: bool = False) -> list[Path]:

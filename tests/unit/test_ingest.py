@@ -98,3 +98,17 @@ def test_named_holdout_slices_are_materialized_and_gateable(stream, home):
     assert set(snap.slices) == {"golden", "hard"} and snap.golden_file == snap.slices["golden"]
     x, y = load_arrays(snap.slices["hard"])
     assert len(y) == 250 and x.shape[1:] == (1, 8, 8)
+
+
+def test_the_heavy_workload_simulates_from_a_copy_of_its_folder(home, tmp_path):
+    """The benchmarks copy a workload's folder before use: its simulate.py must not reach for
+    files beside the original (it did once, and the heavy benchmark broke)."""
+    from conftest import ROOT
+    from orchestrator.config import load_pipeline
+    from orchestrator.dataset import read_shard
+
+    heavy = tmp_path / "elsewhere" / "heavy"
+    shutil.copytree(ROOT / "benchmarks" / "heavy", heavy, ignore=shutil.ignore_patterns("__pycache__"))
+    (path,) = api.simulate(heavy, shards=1)
+    x, y = read_shard(path, load_pipeline(heavy).config.data)
+    assert x.shape == (1000, 1, 16, 16) and x.dtype == np.float32 and set(np.unique(y)) <= set(range(10))
