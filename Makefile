@@ -39,7 +39,8 @@ bench-heavy: setup
 	$(BIN)/python benchmarks/cycle_time.py --workload heavy
 
 bench-warm-start: setup
-	$(BIN)/python benchmarks/warm_start.py --workload digits
+	$(BIN)/python benchmarks/warm_start.py --workload digits --reps 5
+	$(BIN)/python benchmarks/warm_start.py --workload heavy --reps 3
 
 bench-soak: setup
 	$(BIN)/python benchmarks/soak.py --workload digits --cycles 20

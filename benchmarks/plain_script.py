@@ -37,6 +37,7 @@ def main() -> None:
 
     from orchestrator.config import load_pipeline
     from orchestrator.stages.export import export_onnx
+    from orchestrator.stages.train import recipe
     from orchestrator.variants import make
     lap("imports")
 
@@ -48,10 +49,11 @@ def main() -> None:
     torch.manual_seed(cfg.seed)
     model = p.module().build_model()
     model.load_state_dict(torch.load(f"{args.champion}/weights.pt", map_location="cpu", weights_only=True))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    epochs, lr = recipe(cfg, warm=True)  # the epochs and lr plaster's warm-started cycle trains with
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = torch.nn.CrossEntropyLoss()
     lap("load")
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         model.train()
         order = np.random.default_rng(cfg.seed + epoch).permutation(len(y))
         for s in range(0, len(y), cfg.batch_size):

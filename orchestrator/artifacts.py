@@ -89,6 +89,7 @@ class Checkpoint:
     resumed_from_epoch: int | None = None
     workers_reason: str = ""
     placement: str = "ray_train"  # or "in_process": see train.in_process_below_s
+    lr: float | None = None  # the learning rate trained with (train.warm_start_lr when warm-started)
 
 
 @dataclass(frozen=True)

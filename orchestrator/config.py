@@ -67,6 +67,10 @@ class TrainConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     warm_start: bool = True
+    warm_start_epochs: int | None = Field(
+        None, ge=1, description="epochs of a cycle that warm-starts from the champion: fine-tuning needs fewer than "
+                                "training anew (benchmarks/warm_start.py measures how many); null: train.epochs")
+    warm_start_lr: float | None = Field(None, gt=0, description="learning rate of a warm-started cycle; null: train.lr")
     seed: int = 0
     checkpoint_every: int = Field(10, ge=1, description="epochs between checkpoints; a lost worker restarts from the last")
     max_failures: int = Field(2, ge=0, description="worker-group restarts Ray Train may make before the stage fails")

@@ -170,7 +170,17 @@ def estimate_seconds(model, x, y, batch_size: int, epochs: int, lr: float) -> fl
     return min(steps[1:]) * -(-len(y) // batch_size) * epochs
 
 
-def _train_here(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | None, why: str) -> Checkpoint:
+def recipe(cfg, warm: bool) -> tuple[int, float]:
+    """(epochs, learning rate) of a training. Fine-tuning the champion after drift reaches what
+    training anew reaches in fewer epochs, so a warm start takes train.warm_start_epochs and
+    train.warm_start_lr where they are set (benchmarks/warm_start.py measures both curves)."""
+    if not warm:
+        return cfg.epochs, cfg.lr
+    return cfg.warm_start_epochs or cfg.epochs, cfg.warm_start_lr or cfg.lr
+
+
+def _train_here(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | None, why: str, epochs: int,
+                lr: float) -> Checkpoint:
     """Train in this process: for tiny compute, Ray Train's worker group costs more to start and
     stop (~20 s here) than the training; on one machine without GPUs it has nothing to
     distribute. Checkpoints every `checkpoint_every` epochs to the cycle's folder, so a crashed
@@ -181,19 +191,19 @@ def _train_here(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | 
     cfg = ctx.pipeline.config.train
     device = "cuda" if cfg.use_gpu is not False and torch.cuda.is_available() else "cpu"
     model = model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = torch.nn.CrossEntropyLoss()
     history: list[dict[str, float]] = []
     start, restarts, resumed_from = 0, 0, None
     state_file = ctx.path("checkpoint", "state.pt")
     if state_file.exists():  # a resumed cycle: continue from the last checkpoint
         history, start, restarts, resumed_from = _resume(state_file, model, opt, device)
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, epochs):
         order = np.random.default_rng(cfg.seed + epoch).permutation(len(y))
         sums = run_epoch(model, opt, loss_fn, x, y, order, cfg.batch_size, device)
         history.append({"epoch": epoch, "train_loss": float(sums[0] / sums[2]),
                         "train_accuracy": float(sums[1] / sums[2])})
-        if (epoch + 1) % cfg.checkpoint_every == 0 and epoch != cfg.epochs - 1:
+        if (epoch + 1) % cfg.checkpoint_every == 0 and epoch != epochs - 1:
             tmp = state_file.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                         "history": history, "restarts": restarts}, tmp)
@@ -201,10 +211,10 @@ def _train_here(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | 
     weights = ctx.path("checkpoint", "weights.pt")
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
     return Checkpoint(
-        weights_file=str(weights), sha256=sha256_file(weights), epochs=cfg.epochs, num_workers=1,
+        weights_file=str(weights), sha256=sha256_file(weights), epochs=epochs, num_workers=1,
         use_gpu=device == "cuda", warm_started_from=snapshot.champion.version if init else None,
         history=tuple(history), restarts=restarts, resumed_from_epoch=resumed_from, workers_reason=why,
-        placement="in_process",
+        placement="in_process", lr=lr,
     )
 
 
@@ -237,10 +247,11 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
     if init:
         model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
     x, y = load_arrays(snapshot.train_file)
+    epochs, lr = recipe(cfg, init is not None)
     start = f", warm start from v{champion.version}" if init else ", from scratch"
     sized = ""
     if cfg.workers == "auto" and cfg.in_process_below_s:
-        est = estimate_seconds(model, x, y, cfg.batch_size, cfg.epochs, cfg.lr)
+        est = estimate_seconds(model, x, y, cfg.batch_size, epochs, lr)
         if est < cfg.in_process_below_s:
             why = (f"auto: estimated compute {est:.1f} s < train.in_process_below_s ({cfg.in_process_below_s:g} s), "
                    "so trained in this process without Ray Train's worker start-up")
@@ -250,12 +261,12 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
         else:
             why = ""
         if why:
-            ctx.say(f"training in this process ({why}), {cfg.epochs} epochs, {snapshot.train_rows} rows{start}")
-            out = _train_here(ctx, snapshot, model, x, y, init, why)
+            ctx.say(f"training in this process ({why}), {epochs} epochs at lr {lr:g}, {snapshot.train_rows} rows{start}")
+            out = _train_here(ctx, snapshot, model, x, y, init, why, epochs, lr)
             _log_history(ctx, out.history)
             return out
         sized = f"; estimated compute {est:.1f} s >= train.in_process_below_s ({cfg.in_process_below_s:g} s)"
-    return _train_on_ray(ctx, snapshot, model, x, y, init, start, sized)
+    return _train_on_ray(ctx, snapshot, model, x, y, init, start, epochs, lr, sized)
 
 
 def _log_history(ctx: StageContext, history) -> None:
@@ -264,8 +275,8 @@ def _log_history(ctx: StageContext, history) -> None:
                                  step=row["epoch"])
 
 
-def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | None, start: str,
-                  sized: str = "") -> Checkpoint:
+def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | None, start: str, epochs: int,
+                  lr: float, sized: str = "") -> Checkpoint:
     import ray
     import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -290,14 +301,14 @@ def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str 
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
         init_ref = ray.put(buf.getvalue())
-    ctx.say(f"training on {workers} {'GPU' if use_gpu else 'CPU'} worker(s) ({why}), {cfg.epochs} epochs, "
+    ctx.say(f"training on {workers} {'GPU' if use_gpu else 'CPU'} worker(s) ({why}), {epochs} epochs at lr {lr:g}, "
             f"{snapshot.train_rows} rows{start}")
     storage_path, storage_fs = ctx.storage.ray_train_storage()
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
             "model_source": ctx.pipeline.model_file.read_text(), "data": ray.put((x, y)),
-            "init_weights": init_ref, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "init_weights": init_ref, "epochs": epochs, "batch_size": cfg.batch_size, "lr": lr,
             "seed": cfg.seed, "checkpoint_every": cfg.checkpoint_every,
         },
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
@@ -323,8 +334,8 @@ def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str 
     history = run_info["history"]
     _log_history(ctx, history)
     return Checkpoint(
-        weights_file=str(weights), sha256=sha256_file(weights), epochs=cfg.epochs, num_workers=workers,
+        weights_file=str(weights), sha256=sha256_file(weights), epochs=epochs, num_workers=workers,
         use_gpu=use_gpu, warm_started_from=snapshot.champion.version if init else None, history=tuple(history),
         nodes=tuple(run_info["nodes"]), restarts=run_info["restarts"], resumed_from_epoch=run_info["resumed_from_epoch"],
-        workers_reason=why,
+        workers_reason=why, lr=lr,
     )

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from orchestrator import api
 from orchestrator.cli import app
+from orchestrator.config import load_pipeline
 
 from homes import module_home
 
@@ -62,12 +63,18 @@ def test_retrained_candidate_beats_the_stale_champion_with_a_paired_interval(cyc
     second = cycles.second
     sc = second["stages"]["validate"]["output"]
     assert sc["champion_version"] == "1" and sc["champion"] is not None
-    assert second["stages"]["train"]["output"]["warm_started_from"] == "1"
+    train = second["stages"]["train"]["output"]
+    assert train["warm_started_from"] == "1"
+    # Fine-tuning the champion: the pipeline's warm-start epochs and learning rate, not a full training.
+    cfg = load_pipeline(cycles.digits).config.train
+    assert cfg.warm_start_epochs and cfg.warm_start_epochs < cfg.epochs
+    assert len(train["history"]) == train["epochs"] == cfg.warm_start_epochs
+    assert train["lr"] == (cfg.warm_start_lr or cfg.lr)
     new = next(d for d in sc["comparison"]["accuracy"] if d["slice"] == "new")
     assert new["ci"][0] > 0, f"retraining on drifted data must beat the stale champion beyond noise: {new}"
     assert {r["batch"] for r in sc["comparison"]["latency"]} == {1, 64}
     assert sc["size"]["param_count"] > 0 and sc["size"]["flops_per_sample"] > sc["size"]["param_count"]
-    assert sc["chosen"]["throughput"]["value"] > 0 and sc["rate"]["epochs"] == 30
+    assert sc["chosen"]["throughput"]["value"] > 0 and sc["rate"]["epochs"] == cfg.warm_start_epochs
     assert second["decision"] == "PROMOTED" and second["version"] == "2"
 
     # MLflow's own client loads the champion and reads digits correctly.

@@ -63,3 +63,15 @@ def test_gate_rules_must_name_known_slices_and_rules(digits):
                         rule=("required: []", "required: [energy]"))
     assert "gate.non_inferiority: unknown slice 'hard'" in msg and "data.slices" in msg
     assert "gate.required" in msg and "energy_j_per_1k_max" in msg
+
+
+def test_a_warm_start_takes_its_own_epochs_and_learning_rate():
+    """Fine-tuning the champion needs fewer epochs than training anew; unset, it trains as anew."""
+    from orchestrator.config import TrainConfig
+    from orchestrator.stages.train import recipe
+
+    cfg = TrainConfig(epochs=30, lr=0.002, warm_start_epochs=10, warm_start_lr=0.001)
+    assert recipe(cfg, warm=False) == (30, 0.002) and recipe(cfg, warm=True) == (10, 0.001)
+    assert recipe(TrainConfig(epochs=30, lr=0.002), warm=True) == (30, 0.002)
+    with pytest.raises(ValueError):
+        TrainConfig(warm_start_epochs=0)
