@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -103,12 +104,11 @@ def test_named_holdout_slices_are_materialized_and_gateable(stream, home):
 def test_the_heavy_workload_simulates_from_a_copy_of_its_folder(home, tmp_path):
     """The benchmarks copy a workload's folder before use: its simulate.py must not reach for
     files beside the original (it did once, and the heavy benchmark broke)."""
-    from conftest import ROOT
     from orchestrator.config import load_pipeline
     from orchestrator.dataset import read_shard
 
     heavy = tmp_path / "elsewhere" / "heavy"
-    shutil.copytree(ROOT / "benchmarks" / "heavy", heavy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(__file__).resolve().parents[2] / "benchmarks" / "heavy", heavy, ignore=shutil.ignore_patterns("__pycache__"))
     (path,) = api.simulate(heavy, shards=1)
     x, y = read_shard(path, load_pipeline(heavy).config.data)
     assert x.shape == (1000, 1, 16, 16) and x.dtype == np.float32 and set(np.unique(y)) <= set(range(10))
