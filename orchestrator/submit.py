@@ -73,13 +73,28 @@ def client(address: str, token: str | None = None):
                           f"{hint}") from None
 
 
-def submit(folder: str | Path, address: str, env: dict[str, str] | None = None, token: str | None = None) -> str:
+# A head that has just started answers before its job agent has registered; Ray's job server
+# then waits 10 s per request and answers "No available agent to submit job, please try again later".
+AGENT_WAIT_S = 120.0
+
+
+def submit(folder: str | Path, address: str, env: dict[str, str] | None = None, token: str | None = None,
+           say: Callable[[str], None] = lambda _: None, agent_wait_s: float = AGENT_WAIT_S) -> str:
     spec = job_spec(folder, env)  # a bad pipeline fails here, before the cluster is contacted
     c = client(address, token)
-    try:
-        return c.submit_job(**spec)
-    except Exception as e:
-        raise SubmitError(f"the job server at {address} refused the job: {e}") from None
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return c.submit_job(**spec)
+        except Exception as e:
+            if "No available agent" not in str(e):
+                raise SubmitError(f"the job server at {address} refused the job: {e}") from None
+            if time.monotonic() >= deadline:
+                raise SubmitError(f"the job server at {address} found no job agent on the head for {agent_wait_s:.0f} s; "
+                                  "check `ray status` and the head's dashboard_agent.log (in its Ray session's "
+                                  "logs folder, /tmp/ray/session_latest/logs by default), then submit again") from None
+            say("the head's job agent is not up yet (a cluster that has just started): trying again…")
+            time.sleep(2)
 
 
 def follow(address: str, job_id: str, out: Callable[[str], None], token: str | None = None,

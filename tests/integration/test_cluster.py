@@ -71,7 +71,7 @@ def cluster():
         # runtime_env working_dir, and one node's clean-up would delete the other's files.
         nodes.append(_start_node(["--address", f"127.0.0.1:{gcs}", "--temp-dir", str(tmp / "w")], env, tmp / "worker.log"))
         _wait(lambda: _alive_nodes(url, auth) >= 2, "second node", tmp)
-        yield {"address": url, "token": token, "env": env, "auth": auth}
+        yield {"address": url, "token": token, "env": env, "auth": auth, "tmp": tmp}
     finally:
         for proc in reversed(nodes):
             _stop(proc)
@@ -103,6 +103,7 @@ def site(tmp_path_factory):
     # Two Ray Train workers (not the right-sized in-process training digits gets by default).
     text = re.sub(r"workers: auto.*", "workers: 2", yaml_file.read_text())
     text = text.replace("epochs: 30", "epochs: 12\n  checkpoint_every: 3")
+    text = re.sub(r"warm_start_epochs: \d+", "warm_start_epochs: 12", text)  # the kill test's cycle is a warm start
     yaml_file.write_text(text)
     with mlflow_server_at(tmp_path_factory.mktemp("cluster-mlflow")) as server:
         mp.setenv("MLFLOW_TRACKING_URI", server)
@@ -113,8 +114,12 @@ def site(tmp_path_factory):
 def submit(cluster, site, *extra: str, token: str | None = None) -> subprocess.CompletedProcess:
     env = {**cluster["env"], "RAY_AUTH_TOKEN": token or cluster["token"], "PLASTER_HOME": os.environ["PLASTER_HOME"],
            "MLFLOW_TRACKING_URI": site["server"]}
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", "submit", str(site["digits"]), "--address",
-                           cluster["address"], *extra], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "submit", str(site["digits"]), "--address",
+                          cluster["address"], *extra], capture_output=True, text=True, env=env, timeout=600)
+    if out.returncode == 2:  # for the failure message: the head's job agent is the usual suspect
+        for log in cluster["tmp"].glob("session_latest/logs/dashboard_agent*.log"):
+            out.stderr += f"\n--- {log.name} (last 2,000 characters) ---\n" + log.read_text(errors="replace")[-2000:]
+    return out
 
 
 def _last_record(site) -> dict:

@@ -96,6 +96,32 @@ def test_submit_refuses_a_bad_pipeline_and_a_bad_env_before_contacting_anyone(di
     assert unreachable.returncode == 2 and "http://HEAD:8265" in unreachable.stderr, unreachable.stderr
 
 
+def test_submit_waits_for_a_just_started_heads_job_agent_then_names_the_fix(digits, monkeypatch):
+    """Ray's job server says "No available agent ... try again later" until the head's agent is up."""
+    from orchestrator import submit as jobs
+
+    class JobServer:  # stands in for our client() seam: what Ray's JobSubmissionClient raises
+        def __init__(self, busy: int):
+            self.busy, self.calls = busy, 0
+
+        def submit_job(self, **spec):
+            self.calls += 1
+            if self.calls <= self.busy:
+                raise RuntimeError("Request failed with status code 500: No available agent to submit job, "
+                                   "please try again later.")
+            return "raysubmit_1"
+
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    server, said = JobServer(busy=2), []
+    monkeypatch.setattr(jobs, "client", lambda address, token=None: server)
+    assert jobs.submit(digits, "http://head:8265", say=said.append) == "raysubmit_1"
+    assert server.calls == 3 and len(said) == 2 and "not up yet" in said[0]
+
+    monkeypatch.setattr(jobs, "client", lambda address, token=None: JobServer(busy=10**6))
+    with pytest.raises(jobs.SubmitError, match="dashboard_agent.log"):
+        jobs.submit(digits, "http://head:8265", agent_wait_s=0)
+
+
 def test_engine_cache_key_changes_with_the_gpu_model_and_the_library_version():
     """A TensorRT plan runs only on the GPU model and TensorRT release it was built with: either
     changing gives a new key, so the champion's engine is rebuilt (and validated again)."""
