@@ -19,7 +19,7 @@ stage costs beside training anew). The new-data holdout is small (digits: 200 ro
 warm first coming within one standard error of scratch's final accuracy is reported too.
 Medians over --reps, both curves in a PNG, everything in JSON.
 
-    .venv/bin/python benchmarks/warm_start.py [--workload digits|heavy] [--reps 3]
+    .venv/bin/python benchmarks/warm_start.py [--workload digits|heavy] [--reps 3] [--new-shards 4]
         [--out benchmarks/results/warm_start_<workload>.json]   (the PNG beside it)
 """
 
@@ -127,14 +127,17 @@ def plot(reps: list[dict], workload: str, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3, help="seeds train.seed .. train.seed + reps - 1")
+    ap.add_argument("--new-shards", type=int, default=4,
+                    help="drifted shards after champion v1 (trained on 4): fewer is milder drift between cycles, "
+                         "as a scheduler that retrains sooner sees")
     args, out_file, console = parse(ap, "warm_start")
     from rich.table import Table
 
     with tempfile.TemporaryDirectory(prefix="plaster-warm-bench-") as t:
         tmp = Path(t)
         folder = copy_pipeline(args.workload, tmp, args.overrides)
-        console.print(f"preparing {args.workload}: one cycle for champion v1, then four drifted shards…")
-        first = prepare(tmp / "home", folder)
+        console.print(f"preparing {args.workload}: one cycle for champion v1, then {args.new_shards} drifted shards…")
+        first = prepare(tmp / "home", folder, then=args.new_shards)
         console.print("  champion v1 trained: placement %s (%s)" % placement(first))
         from orchestrator.config import load_pipeline
         from orchestrator.dataset import load_arrays
@@ -211,7 +214,7 @@ def main() -> None:
     out_file.parent.mkdir(parents=True, exist_ok=True)
     png = out_file.with_suffix(".png")
     plot(reps, args.workload, png)
-    result = {"benchmark": "warm_start", "workload": args.workload, "overrides": args.overrides,
+    result = {"benchmark": "warm_start", "workload": args.workload, "overrides": args.overrides, "new_shards": args.new_shards,
               "recipes": {m: {"epochs": e, "lr": lr} for m, (e, lr) in recipes.items()}, "reps": args.reps,
               "cpus": os.cpu_count(), "train_rows": snap.train_rows, "replay_rows": snap.replay_rows,
               "holdout_new_rows": snap.holdout_new_rows, "champion_version": snap.champion.version,

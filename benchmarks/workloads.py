@@ -66,16 +66,17 @@ def parse(ap, name: str):
     return args, out_file, console
 
 
-def prepare(base: Path, folder: Path, shards: int = 4) -> dict:
+def prepare(base: Path, folder: Path, shards: int = 4, then: int | None = None) -> dict:
     """In PLASTER_HOME=base: `shards` shards, one cycle that must promote champion v1, then
-    `shards` more drifted shards waiting (what a measured cycle learns). Returns cycle 1's record."""
+    `then` (default: `shards`) more drifted shards waiting (what a measured cycle learns).
+    Returns cycle 1's record."""
     os.environ["PLASTER_HOME"] = str(base)
     from orchestrator import api
 
     api.simulate(folder, shards=shards)
     first = api.run_cycle(folder)
     assert first["decision"] == "PROMOTED", (first["decision"], first["reasons"])
-    api.simulate(folder, shards=shards)
+    api.simulate(folder, shards=then or shards)
     return first
 
 
