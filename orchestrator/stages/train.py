@@ -4,10 +4,10 @@ Right-sized first: with `train.workers: auto`, a few real steps on a copy of the
 estimate the whole training; under `train.in_process_below_s`, or on a cluster that is one
 machine without GPUs (one worker either way), it trains in this process, because Ray
 Train's worker group costs ~20 s to start and stop and would add nothing else.
-Otherwise Ray Train's TorchTrainer (V2). Workers get the snapshot's arrays, model.py's source and the warm-start weights through
-Ray's object store, so nothing has to be on a worker's disk and the workers can sit on any
-node (no Ray Data: it starves on 2 CPUs). Each takes an equal slice so DDP's collectives
-stay in step. Every `train.checkpoint_every` epochs rank 0 reports a checkpoint (weights,
+Otherwise Ray Train's TorchTrainer (V2). Workers get the snapshot's arrays, model.py's
+source and the warm-start weights through Ray's object store, so nothing has to be on a
+worker's disk and the workers can sit on any node (no Ray Data: it starves on 2 CPUs). Each
+takes an equal slice so DDP's collectives stay in step. Every `train.checkpoint_every` epochs rank 0 reports a checkpoint (weights,
 optimizer, history) to the storage path; when a worker dies, Ray Train's FailureConfig
 restarts the group and the loop continues from that checkpoint. Never touches the
 registry's aliases or the data source.
@@ -37,14 +37,25 @@ def _crash_on_cue(rank: int, epoch: int, resumed: bool) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _resume(state_file: Path, model, opt, device) -> tuple[list, int, int, int]:
-    """Load a training checkpoint into `model` and `opt`: (history, next epoch, restarts, next epoch)."""
+def _save_state(state_file: Path, weights: dict, opt, epoch: int, history: list, restarts: int) -> None:
+    """A training checkpoint _resume reads back, written under a temporary name and renamed
+    (a crash mid-write leaves the previous one)."""
+    import torch
+
+    tmp = state_file.with_suffix(".tmp")
+    torch.save({"model": weights, "optimizer": opt.state_dict(), "epoch": epoch, "history": history,
+                "restarts": restarts}, tmp)
+    tmp.rename(state_file)
+
+
+def _resume(state_file: Path, model, opt, device) -> tuple[list, int, int]:
+    """Load a training checkpoint into `model` and `opt`: (history, the epoch to continue at, restarts)."""
     import torch
 
     state = torch.load(state_file, map_location=device, weights_only=False)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    return state["history"], state["epoch"] + 1, state["restarts"] + 1, state["epoch"] + 1
+    return state["history"], state["epoch"] + 1, state["restarts"] + 1
 
 
 def run_epoch(model, opt, loss_fn, x, y, indices, batch_size: int, device):
@@ -96,7 +107,8 @@ def train_loop(config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:  # a restarted group: continue where the last checkpoint left off
         with ckpt.as_directory() as folder:
-            history, start, restarts, resumed_from = _resume(Path(folder) / "state.pt", model, opt, "cpu")
+            history, start, restarts = _resume(Path(folder) / "state.pt", model, opt, "cpu")
+        resumed_from = start
     elif config["init_weights"] is not None:
         model.load_state_dict(torch.load(io.BytesIO(ray.get(config["init_weights"])), map_location="cpu",
                                          weights_only=True))
@@ -127,8 +139,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     inner = model.module if hasattr(model, "module") else model
                     weights = {k: v.cpu() for k, v in inner.state_dict().items()}
-                    torch.save({"model": weights, "optimizer": opt.state_dict(), "epoch": epoch, "history": history,
-                                "restarts": restarts}, Path(tmp) / "state.pt")
+                    _save_state(Path(tmp) / "state.pt", weights, opt, epoch, history, restarts)
                     torch.save(weights, Path(tmp) / "weights.pt")
                     (Path(tmp) / "run.json").write_text(json.dumps(
                         {"history": history, "nodes": nodes, "restarts": restarts, "resumed_from_epoch": resumed_from}))
@@ -197,17 +208,15 @@ def _train_here(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | 
     start, restarts, resumed_from = 0, 0, None
     state_file = ctx.path("checkpoint", "state.pt")
     if state_file.exists():  # a resumed cycle: continue from the last checkpoint
-        history, start, restarts, resumed_from = _resume(state_file, model, opt, device)
+        history, start, restarts = _resume(state_file, model, opt, device)
+        resumed_from = start
     for epoch in range(start, epochs):
         order = np.random.default_rng(cfg.seed + epoch).permutation(len(y))
         sums = run_epoch(model, opt, loss_fn, x, y, order, cfg.batch_size, device)
         history.append({"epoch": epoch, "train_loss": float(sums[0] / sums[2]),
                         "train_accuracy": float(sums[1] / sums[2])})
         if (epoch + 1) % cfg.checkpoint_every == 0 and epoch != epochs - 1:
-            tmp = state_file.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                        "history": history, "restarts": restarts}, tmp)
-            tmp.rename(state_file)
+            _save_state(state_file, model.state_dict(), opt, epoch, history, restarts)
     weights = ctx.path("checkpoint", "weights.pt")
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
     return Checkpoint(
