@@ -41,6 +41,7 @@ bench-heavy: setup
 bench-warm-start: setup
 	$(BIN)/python benchmarks/warm_start.py --workload digits --reps 5
 	$(BIN)/python benchmarks/warm_start.py --workload heavy --reps 3
+	$(BIN)/python benchmarks/warm_start.py --workload heavy --reps 3 --new-shards 1
 
 bench-soak: setup
 	$(BIN)/python benchmarks/soak.py --workload digits --cycles 20

@@ -20,7 +20,7 @@ warm first coming within one standard error of scratch's final accuracy is repor
 Medians over --reps, both curves in a PNG, everything in JSON.
 
     .venv/bin/python benchmarks/warm_start.py [--workload digits|heavy] [--reps 3] [--new-shards 4]
-        [--out benchmarks/results/warm_start_<workload>.json]   (the PNG beside it)
+        [--out benchmarks/results/warm_start_<workload>[_new<N> unless N is 4].json]   (the PNG beside it)
 """
 
 from __future__ import annotations
@@ -131,6 +131,8 @@ def main() -> None:
                     help="drifted shards after champion v1 (trained on 4): fewer is milder drift between cycles, "
                          "as a scheduler that retrains sooner sees")
     args, out_file, console = parse(ap, "warm_start")
+    if args.out is None and args.new_shards != 4:  # each drift keeps its own figures
+        out_file = out_file.with_name(f"{out_file.stem}_new{args.new_shards}.json")
     from rich.table import Table
 
     with tempfile.TemporaryDirectory(prefix="plaster-warm-bench-") as t:
