@@ -131,7 +131,7 @@ def main() -> None:
                     help="drifted shards after champion v1 (trained on 4): fewer is milder drift between cycles, "
                          "as a scheduler that retrains sooner sees")
     args, out_file, console = parse(ap, "warm_start")
-    if args.out is None and args.new_shards != 4:  # each drift keeps its own figures
+    if args.out is None and args.new_shards != ap.get_default("new_shards"):  # each drift keeps its own figures
         out_file = out_file.with_name(f"{out_file.stem}_new{args.new_shards}.json")
     from rich.table import Table
 

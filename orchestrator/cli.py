@@ -77,7 +77,7 @@ def submit(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.
             raise typer.Exit(2)
         k, v = item.split("=", 1)
         pairs[k] = v
-    job_id = _guard(lambda: jobs.submit(pipeline, address, pairs, token, say=lambda m: err.print(m)))
+    job_id = _guard(lambda: jobs.submit(pipeline, address, pairs, token, say=err.print))
     console.print(f"submitted [bold]{job_id}[/] to {address}")
     if not follow:
         console.print(f"follow it with `ray job logs {job_id} --address {address} --follow`")

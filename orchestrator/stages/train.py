@@ -7,10 +7,10 @@ Train's worker group costs ~20 s to start and stop and would add nothing else.
 Otherwise Ray Train's TorchTrainer (V2). Workers get the snapshot's arrays, model.py's
 source and the warm-start weights through Ray's object store, so nothing has to be on a
 worker's disk and the workers can sit on any node (no Ray Data: it starves on 2 CPUs). Each
-takes an equal slice so DDP's collectives stay in step. Every `train.checkpoint_every` epochs rank 0 reports a checkpoint (weights,
-optimizer, history) to the storage path; when a worker dies, Ray Train's FailureConfig
-restarts the group and the loop continues from that checkpoint. Never touches the
-registry's aliases or the data source.
+takes an equal slice so DDP's collectives stay in step. Every `train.checkpoint_every`
+epochs rank 0 reports a checkpoint (weights, optimizer, history) to the storage path; when
+a worker dies, Ray Train's FailureConfig restarts the group and the loop continues from
+that checkpoint. Never touches the registry's aliases or the data source.
 """
 
 from __future__ import annotations
