@@ -1,5 +1,9 @@
 """The Ray runtime a cycle runs on: the one at RAY_ADDRESS, or a local one started here.
 
+A local Ray is closed to the network: every one of its services (GCS, raylet, object
+manager, dashboard and its agent, the runtime-env agent, workers' gRPC) listens on
+127.0.0.1 only, because anyone who reaches Ray can run code on this machine. A user who
+wants a Ray others can join starts one (`ray start --head`) and sets RAY_ADDRESS.
 Ray's own log noise goes to PLASTER_HOME/logs/ray.log, never the user's terminal.
 Nothing here knows about stages.
 """
@@ -37,17 +41,54 @@ def ensure_ray(ws: Workspace) -> None:
     # Inside a Ray Job (`plaster submit`) the job's runtime_env already carries these; passing
     # another one here would replace it, and Ray then deletes the job's working_dir under us.
     in_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
-    with _stderr_to(ws.ray_log):
+    with _stderr_to(ws.ray_log), (contextlib.nullcontext() if address or in_job else loopback_only()):
         ray.init(
             address=address or None,
             log_to_driver=False,  # worker prints stay in Ray's session logs
             logging_level=logging.WARNING,
             configure_logging=False,
+            include_dashboard=True,  # Ray Train/Serve state and the job API need it; on 127.0.0.1 below
+            dashboard_host="127.0.0.1",
             runtime_env=None if in_job else {"env_vars": {k: os.environ[k] for k in TRAIN_ENV}},
         )
     # ray.init may have attached its own stderr handler; keep our file the only one.
     for name in ("ray", "ray.train"):
         logging.getLogger(name).handlers = [handler]
+
+
+# Ray's one switch for a node that serves only itself: with it off, the node's IP is the
+# loopback address and Ray binds each service there (passing `_node_ip_address="127.0.0.1"`
+# does not work: Ray swaps a loopback address for the host's). Ray reads it at import, so
+# the driver's copy is set too; the processes ray.init starts inherit the variable.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """While a local Ray starts: every service it starts binds 127.0.0.1.
+
+    Undone afterwards, so that this process can still start or join real clusters
+    (`ray start --address` refuses to add a node while the switch is off)."""
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(LOCAL_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = saved_env
+
+
+def local_only() -> bool:
+    """Whether the Ray this process is connected to listens on loopback only."""
+    import ray
+
+    return ray.is_initialized() and ray.util.get_node_ip_address() in ("127.0.0.1", "::1")
 
 
 @contextlib.contextmanager

@@ -32,6 +32,12 @@ from ray import serve
 from orchestrator.errors import PlasterError, RegistryError
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# A body that trickles in (or never ends) holds a replica slot and, at shutdown, the drain:
+# refuse it after this long.
+BODY_TIMEOUT_S = 10.0
+# At SIGTERM requests in flight get this long to finish (Serve's default is 20 s, which a
+# few half-sent bodies always used up: `plaster serve` took 26 s to exit).
+DRAIN_S = 2.0
 BATCH_WAIT_S = 0.002  # how long a request waits for others to share its engine call
 # Serve logs every request in the proxy and the replica by default: measured on 2 cores,
 # that cost ~30% of the requests/s. Warnings and errors still go to Ray's log files.
@@ -93,16 +99,48 @@ def parse_inputs(body: bytes, shape: tuple[int, ...], max_batch: int) -> np.ndar
     return x
 
 
+async def _read_body(request: Request, too_big: BadInput) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():  # stop reading a chunked body at the limit
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise too_big
+    return bytes(body)
+
+
+def _replica_grpc_on_loopback() -> None:
+    """Serve starts each replica's inter-deployment gRPC server on [::]:0, all interfaces,
+    with no setting to change it (ray-project/ray#64623 adds a port range, not a host). On
+    a Ray whose node listens on loopback only (plaster's local Ray), bind it there too.
+    Called in the replica's process before Serve starts that server."""
+    import ray
+    from ray.serve._private import replica
+
+    if ray.util.get_node_ip_address() not in ("127.0.0.1", "::1") or getattr(replica, "_plaster_loopback", False):
+        return
+    bind = replica.add_port_to_grpc_server
+
+    def on_loopback(server, address: str):
+        host, _, port = address.rpartition(":")
+        return bind(server, f"127.0.0.1:{port}" if host in ("[::]", "0.0.0.0", "") else address)
+
+    replica.add_port_to_grpc_server = on_loopback
+    replica._plaster_loopback = True
+
+
 @serve.deployment(
     num_replicas=1,
     max_ongoing_requests=64,  # the default (5) would cap a server-side batch at five requests
     # No CPU reservation: on a 2-core machine Ray Train reserves both cores for its workers
     # while a cycle runs beside the server; a 0.5 reservation would leave it unschedulable.
     ray_actor_options={"num_cpus": 0},
+    graceful_shutdown_timeout_s=DRAIN_S,
+    graceful_shutdown_wait_loop_s=0.2,
 )
 @serve.ingress(http)
 class Champion:
     def __init__(self, shape: list[int], max_batch: int):
+        _replica_grpc_on_loopback()
         self.shape, self.max_batch = tuple(shape), max_batch
         self.engine: tuple[Callable[[np.ndarray], np.ndarray], dict] | None = None
         # Count examples, not requests: one engine call never exceeds the built max batch.
@@ -136,14 +174,13 @@ class Champion:
             length = request.headers.get("content-length", "")
             if length.isdigit() and int(length) > MAX_BODY_BYTES:
                 raise too_big
-            body = bytearray()
-            async for chunk in request.stream():  # stop reading a chunked body at the limit
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    raise too_big
+            body = await asyncio.wait_for(_read_body(request, too_big), BODY_TIMEOUT_S)
             x = parse_inputs(bytes(body), self.shape, self.max_batch)
         except BadInput as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
+        except TimeoutError:
+            return JSONResponse({"error": f"the body did not arrive within {BODY_TIMEOUT_S:g} s: send it whole"},
+                                status_code=408)
         logits, info = await self.infer(x)
         return JSONResponse({"outputs": logits.tolist(), "predictions": logits.argmax(1).tolist(),
                              "version": info["version"], "precision": info["precision"], "backend": info["backend"]})
@@ -327,18 +364,24 @@ def start(folder, port: int = 8000, host: str = "127.0.0.1", poll_s: float = 1.0
 
 def serve_forever(folder, port: int = 8000, host: str = "127.0.0.1", poll_s: float = 1.0,
                   say: Callable[[str], None] = lambda m: None) -> None:
-    """What `plaster serve` runs: serve until SIGINT or SIGTERM, then take the application down."""
+    """What `plaster serve` runs: serve until SIGINT or SIGTERM, then take the application down:
+    requests in flight get DRAIN_S to finish, then the local Ray it started stops too."""
     import signal
+
+    import ray
 
     server = start(folder, port, host, poll_s, say)
     done = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not done.wait(0.5):  # a timed wait lets the main thread run the signal handler
+        while not done.wait(0.2):  # a timed wait lets the main thread run the signal handler
             pass
     finally:
-        say("stopping…")
+        t0 = time.monotonic()
+        say(f"stopping: requests in flight get {DRAIN_S:g} s…")
         server.stop()
+        t1 = time.monotonic()
+        ray.shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        say("stopped")
+        say(f"stopped in {time.monotonic() - t0:.1f} s (serve {t1 - t0:.1f} s, Ray {time.monotonic() - t1:.1f} s)")
