@@ -1,7 +1,8 @@
 """What the CLI does, callable from Python: run a cycle, read status, simulate data.
 
 Each function loads the pipeline, wires the real parts (workspace, lock, MLflow registry)
-and calls the library; the CLI only parses arguments and prints.
+and calls the library; the CLI only parses arguments and prints. What they return is
+masked (secrets.mask_obj), since the CLI prints it: a tracking URI keeps its host, not its password.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import record as records
+from orchestrator import secrets
 from orchestrator.config import load_pipeline
 from orchestrator.errors import ConfigError
 from orchestrator.workspace import Workspace
@@ -40,7 +42,7 @@ def run_cycle(folder: str | Path, resume: bool = False, wait: bool = False, trig
             cycle = Cycle.resume(ws, pipeline, registry, say=say)
         else:
             cycle = Cycle.start(ws, pipeline, registry, trigger=trigger, say=say)
-        return cycle.run(stop)
+        return secrets.mask_obj(cycle.run(stop))
 
 
 def status(folder: str | Path, last: int = 10, registry=None) -> dict[str, Any]:
@@ -63,9 +65,10 @@ def status(folder: str | Path, last: int = 10, registry=None) -> dict[str, Any]:
             "quarantined": [{"name": q["name"], "reason": q["reason"], "moved_to": q["moved_to"]} for q in r["quarantined"]],
             "error": r["error"], "run_id": r["run_id"],
         })
-    return {"pipeline": pipeline.name, "tracking_uri": registry.tracking_uri if registry else ws.tracking_uri,
-            "registered_model": pipeline.name, "champion": {"name": pipeline.name, "version": aliases["champion"]}, "aliases": aliases,
-            "plaster_home": str(ws.home), "cycles": cycles}
+    return secrets.mask_obj({
+        "pipeline": pipeline.name, "tracking_uri": registry.tracking_uri if registry else ws.tracking_uri,
+        "registered_model": pipeline.name, "champion": {"name": pipeline.name, "version": aliases["champion"]},
+        "aliases": aliases, "plaster_home": str(ws.home), "cycles": cycles})
 
 
 def simulate(folder: str | Path, shards: int, shuffle_labels: bool = False) -> list[Path]:
@@ -148,9 +151,9 @@ def gate(folder: str | Path, candidate: str | None = None, registry=None,
         registry.end_run(run_id, "FAILED")
         raise
     registry.end_run(run_id, "FINISHED")
-    return {"pipeline": name, "candidate_version": candidate_v, "champion_version": champion_v,
-            "decision": sc.decision, "run_id": run_id, "tracking_uri": registry.tracking_uri,
-            "scorecard": to_dict(sc), "files": str(ctx.folder / "scorecard")}
+    return secrets.mask_obj({"pipeline": name, "candidate_version": candidate_v, "champion_version": champion_v,
+                             "decision": sc.decision, "run_id": run_id, "tracking_uri": registry.tracking_uri,
+                             "scorecard": to_dict(sc), "files": str(ctx.folder / "scorecard")})
 
 
 def approve(folder: str | Path, version: str, reason: str = "", registry=None) -> dict[str, Any]:
@@ -274,4 +277,5 @@ def report(folder: str | Path, out: str | Path, last: int = 50, registry=None) -
         registry.end_run(run_id, "FAILED")
         raise
     registry.end_run(run_id, "FINISHED")
-    return {"files": [str(p) for p in files], "run_id": run_id, "tracking_uri": registry.tracking_uri, "devops": figures}
+    return secrets.mask_obj({"files": [str(p) for p in files], "run_id": run_id, "tracking_uri": registry.tracking_uri,
+                             "devops": figures})

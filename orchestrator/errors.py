@@ -2,13 +2,21 @@
 
 Every message names what to fix (a config key, a command, a file). Errors must stay
 picklable with a single message argument, because they cross Ray process boundaries.
+Messages are masked when the error is made (secrets.mask), since they quote URIs and
+MLflow's own messages: whatever prints, records or pickles one never carries a password.
 """
+
+from orchestrator.secrets import mask
 
 
 class PlasterError(Exception):
     """Root of plaster's errors; the CLI prints the message and exits non-zero."""
 
     exit_code = 1
+
+    def __init__(self, *args):
+        # Unpickling calls this again with the masked args: masking is idempotent.
+        super().__init__(*(mask(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(PlasterError):
@@ -58,3 +66,12 @@ class CandidateRejected(PlasterError):
 
 class ChampionMoved(PlasterError):
     """The champion alias moved after validation: the cycle judges the candidate again."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT asked the cycle to stop: the stage in flight stops at its next safe
+    point and the cycle is recorded `interrupted` (resumable with `plaster run --resume`).
+
+    A BaseException, like KeyboardInterrupt, and outside the PlasterError root on purpose:
+    stage code that catches `Exception` to report a failure must let a stop request through.
+    """

@@ -3,7 +3,8 @@ with time, from-version, to-version, actor, kind and reason. MLflow keeps no ali
 history; this is how `plaster history`, the report and rollback know what happened.
 
 One JSON line per move in PLASTER_HOME/ledger/<pipeline>.jsonl, appended with O_APPEND so
-concurrent writers never interleave a line.
+concurrent writers never interleave a line. Entries are masked (secrets.mask_obj): a reason
+pasted with a URI in it keeps the host, not the password.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator import secrets
 from orchestrator.workspace import Workspace
 
 PROMOTE, APPROVE, ROLLBACK = "promote", "approve", "rollback"
@@ -34,8 +36,9 @@ def actor() -> str:
 
 def record(ws: Workspace, pipeline: str, alias: str, from_version: str | None, to_version: str | None, kind: str,
            reason: str, cycle_id: str | None = None, who: str | None = None) -> dict[str, Any]:
-    entry = {"at": time.time(), "pipeline": pipeline, "alias": alias, "from": from_version, "to": to_version,
-             "kind": kind, "actor": who or actor(), "reason": reason, "cycle_id": cycle_id}
+    entry = secrets.mask_obj({"at": time.time(), "pipeline": pipeline, "alias": alias, "from": from_version,
+                              "to": to_version, "kind": kind, "actor": who or actor(), "reason": reason,
+                              "cycle_id": cycle_id})
     p = path(ws, pipeline)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -1,7 +1,8 @@
 """Cycle records on disk: one JSON per cycle under PLASTER_HOME/cycles/<pipeline>/<id>/,
 written atomically after every stage, plus the per-pipeline lock.
 
-The record is the source of truth for resume and status; the MLflow run mirrors it.
+The record is the source of truth for resume and status; the MLflow run mirrors it. What
+is written is masked (secrets.mask_obj): a record on disk never holds a password or token.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from orchestrator import secrets
 from orchestrator.errors import CycleLockedError
 from orchestrator.workspace import Workspace
 
@@ -33,7 +35,8 @@ def save(ws: Workspace, record: dict[str, Any]) -> Path:
     p = path(ws, record["pipeline"], record["id"])
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
+    # Only the written copy is masked: the cycle in memory keeps what it connects with.
+    tmp.write_text(json.dumps(secrets.mask_obj(record), indent=2, default=lambda o: secrets.mask(str(o))))
     os.replace(tmp, p)  # a crash mid-write leaves the previous record intact
     return p
 

@@ -3,10 +3,14 @@
 Versions come back as strings whatever the store (SQLite gives ints, REST strings). Every
 ONNX model is loaded fresh from disk before logging, because mlflow.onnx.log_model mutates
 the proto it is given.
+
+Nothing reaches MLflow unmasked: params, tags and the text files plaster logs go through
+secrets.mask, so a password in a URI or a secret environment variable's value is `***` there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +22,7 @@ import numpy as np
 
 from orchestrator.artifacts import VersionRef
 from orchestrator.errors import RegistryError
+from orchestrator.secrets import mask, mask_obj
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -27,6 +32,39 @@ def _not_found(e: Exception) -> bool:
         or "does not exist" in str(e).lower()
 
 
+# Files plaster writes as text (records, scorecards, the report); binaries are weights and arrays.
+_TEXT = (".json", ".jsonl", ".md", ".txt", ".html", ".yaml", ".yml", ".csv", ".log")
+_BYTES = "surrogateescape"  # read and write back any bytes unchanged, UTF-8 or not
+
+
+def _holds_secret(path: Path) -> bool:
+    if path.suffix.lower() not in _TEXT or path.stat().st_size > 64 << 20:
+        return False
+    text = path.read_text(errors=_BYTES)
+    return mask(text) != text
+
+
+@contextlib.contextmanager
+def _masked(path: Path):
+    """`path` itself when none of its text files holds a secret, else a masked copy of it
+    (same names) to upload instead: the files on disk stay as their writers left them."""
+    files = [path] if path.is_file() else [p for p in sorted(path.rglob("*")) if p.is_file()]
+    dirty = [p for p in files if _holds_secret(p)]
+    if not dirty:
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / path.name
+        if path.is_file():
+            shutil.copy2(path, copy)
+        else:
+            shutil.copytree(path, copy)
+        for p in dirty:
+            q = copy if path.is_file() else copy / p.relative_to(path)
+            q.write_text(mask(q.read_text(errors=_BYTES)), errors=_BYTES)
+        yield copy
+
+
 class MlflowRegistry:
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
         import mlflow
@@ -34,8 +72,11 @@ class MlflowRegistry:
 
         # MLflow narrates table creation and migrations at INFO; the user asked for a cycle.
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-        self.tracking_uri = tracking_uri
+        self.tracking_uri = tracking_uri  # the real one, to connect with; PlasterError masks it in messages
         self._artifact_root = artifact_root
+        if mask(tracking_uri) != tracking_uri:
+            # MLflow prints "View run <name> at: <tracking URI>/#/..." when a run ends: with the password in it.
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(tracking_uri)  # for mlflow.pyfunc's models:/ resolution
         mlflow.set_registry_uri(tracking_uri)
@@ -66,7 +107,7 @@ class MlflowRegistry:
 
     def start_run(self, pipeline: str, run_name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id(pipeline), run_name=run_name,
-                                     tags={"plaster.pipeline": pipeline, **tags})
+                                     tags=mask_obj({"plaster.pipeline": pipeline, **tags}))
         return run.info.run_id
 
     def reopen_run(self, run_id: str) -> None:
@@ -85,17 +126,21 @@ class MlflowRegistry:
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
-        self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        # Masked before the cut, so a truncated URI cannot keep half a password.
+        params = mask_obj({k: str(v) for k, v in params.items()})
+        self.client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
+        for k, v in mask_obj(tags).items():
             self.client.set_tag(run_id, k, v)
 
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
-        self.client.log_artifacts(run_id, str(folder), artifact_path)
+        with _masked(Path(folder)) as clean:
+            self.client.log_artifacts(run_id, str(clean), artifact_path)
 
     def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        with _masked(Path(path)) as clean:
+            self.client.log_artifact(run_id, str(clean), artifact_path)
 
     # --- registry ---------------------------------------------------------------------------
 
@@ -127,7 +172,7 @@ class MlflowRegistry:
             raise RegistryError(f"MLflow at {self.tracking_uri} failed to read {model} v{version}: {e}") from None
 
     def set_version_tags(self, model: str, version: str, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
+        for k, v in mask_obj(tags).items():
             self.client.set_model_version_tag(model, str(version), k, v)
 
     def champion(self, model: str, download_to: Path) -> VersionRef | None:
@@ -193,7 +238,7 @@ class MlflowRegistry:
         if existing is not None:
             return existing
         for artifact_path, folder in files.items():
-            self.client.log_artifacts(run_id, str(folder), artifact_path)
+            self.log_artifacts(run_id, Path(folder), artifact_path)
         proto = onnx.load(str(onnx_file))  # fresh: log_model mutates what it is given
         logits = self._onnx_predict(onnx_file, sample)
         # save_model + log_artifacts keeps the fluent API (and its global active run) out of it.
@@ -210,7 +255,7 @@ class MlflowRegistry:
                 raise
             self.client.create_registered_model(model, description="Registered by plaster")
         mv = self.client.create_model_version(model, f"runs:/{run_id}/model", run_id=run_id,
-                                              tags={"plaster.cycle_id": cycle_id, **tags})
+                                              tags=mask_obj({"plaster.cycle_id": cycle_id, **tags}))
         version = str(mv.version)
         got = self.load_test(model, version, sample)
         if not np.allclose(got, logits, atol=1e-4):
@@ -259,9 +304,17 @@ def read_aliases(tracking_uri: str, model: str) -> dict[str, str] | None:
         import urllib.parse
         import urllib.request
 
-        req = urllib.request.Request(f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/registered-models/get?"
+        import base64
+
+        url = urllib.parse.urlsplit(tracking_uri)
+        # urllib reads no user:password@ in a URL (requests, under MlflowClient, does): send it as basic auth.
+        user, password = urllib.parse.unquote(url.username or ""), urllib.parse.unquote(url.password or "")
+        base = url._replace(netloc=url.netloc.rsplit("@", 1)[-1]).geturl()
+        req = urllib.request.Request(f"{base.rstrip('/')}/api/2.0/mlflow/registered-models/get?"
                                      + urllib.parse.urlencode({"name": model}))
-        if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        if user or password:
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
             req.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
         elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
             return None  # basic auth and friends: let MlflowClient handle them

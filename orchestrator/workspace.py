@@ -1,6 +1,7 @@
 """Where a run writes: everything under PLASTER_HOME (default ./.plaster).
 
-Only this module decides paths; it never creates anything it is not asked to.
+Only this module decides paths; it never creates anything it is not asked to. Every command
+passes through Workspace.from_env, so it is also where log masking (secrets.install) starts.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from orchestrator import secrets
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,7 @@ class Workspace:
         home.mkdir(parents=True, exist_ok=True)
         # Pipelines refer to ${PLASTER_HOME}; make it expand to the same place in every process.
         os.environ["PLASTER_HOME"] = str(home)
+        secrets.install()  # from here on no log record of this process carries a password (idempotent)
         return cls(home)
 
     @property
