@@ -14,11 +14,46 @@ import typer
 from rich.console import Console
 
 from orchestrator.errors import PlasterError
+from orchestrator.secrets import mask
 
 app = typer.Typer(help="plaster: new data to a promoted model, measured.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 console = Console()
 err = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGTERM/SIGINT set the event the work in flight watches; a second signal kills at once."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    stop.signum = None
+
+    def handler(signum, _frame):
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        stop.signum = signum
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def _exit_now(code: int) -> None:
+    """Exit once the work is persisted and every service is stopped, skipping the interpreter's
+    teardown of torch, ONNX Runtime and Ray (3-10 s on 2 busy cores, after "stopped")."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _guard(fn):
@@ -40,14 +75,22 @@ def run(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.yam
     from orchestrator.submit import OUTCOME_PREFIX
 
     logging.basicConfig(level=logging.WARNING)
-    with console.status("starting…") as spinner:
+    with console.status("starting…") as spinner, _stop_on_signals() as stop:
         def say(msg: str) -> None:
+            msg = mask(msg)
             if msg.endswith("…"):
                 spinner.update(msg)
             else:
                 console.print(msg)
 
-        rec = _guard(lambda: api.run_cycle(pipeline, resume=resume, wait=wait, trigger=trigger, say=say))
+        rec = _guard(lambda: api.run_cycle(pipeline, resume=resume, wait=wait, trigger=trigger, say=say, stop=stop))
+    if rec["state"] == "interrupted":
+        where = rec.get("interrupted", {})
+        err.print(f"[yellow]interrupted[/] in {where.get('where') or where.get('stage')}: cycle {rec['id']} is saved; "
+                  f"`plaster run {pipeline} --resume` continues it")
+        if as_json:
+            print(OUTCOME_PREFIX + json.dumps(rec, default=str), flush=True)
+        _exit_now(128 + (stop.signum or 15))
     render.outcome(console, rec)
     if as_json:
         print(OUTCOME_PREFIX + json.dumps(rec, default=str), flush=True)
@@ -130,7 +173,9 @@ def gate(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.ya
             with console.status("judging…") as spinner:
                 out = api.gate(pipeline, candidate, say=lambda m: spinner.update(m))
     except Exception as e:  # a CI gate must never read an error as REJECT
-        err.print(f"[red]error:[/] {e}" if isinstance(e, PlasterError) else f"[red]error:[/] {type(e).__name__}: {e}")
+        # MLflow's own errors quote the request URL, credentials and all
+        err.print(f"[red]error:[/] {e}" if isinstance(e, PlasterError) else f"[red]error:[/] {type(e).__name__}: "
+                  f"{mask(str(e))}")
         raise typer.Exit(2)
     if as_json:
         print(json.dumps(out, indent=2))
@@ -175,7 +220,7 @@ def schedule(pipelines: list[Path] = typer.Argument(..., help="pipeline folders 
     done = threading.Event()
 
     def say(msg: str) -> None:
-        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}")
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {mask(msg)}")
 
     daemon = _guard(lambda: Daemon(pipelines, metrics_port or None, metrics_host, say=say).start())
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -183,9 +228,14 @@ def schedule(pipelines: list[Path] = typer.Argument(..., help="pipeline folders 
     if metrics_port:
         say(f"metrics on http://{metrics_host}:{metrics_port}/metrics")
     done.wait()
-    say("stopping after the stage in flight…")
+    t0 = time.monotonic()
+    say("stopping: the cycle in flight stops at its next safe point and is resumed at the next start…")
     daemon.shutdown()
-    say("stopped")
+    import ray
+
+    ray.shutdown()
+    say(f"stopped in {time.monotonic() - t0:.1f} s")
+    _exit_now(0)
 
 
 @app.command()
@@ -226,9 +276,10 @@ def serve(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.y
     logging.basicConfig(level=logging.WARNING)
 
     def say(msg: str) -> None:
-        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}")
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {mask(msg)}")
 
     _guard(lambda: serving.serve_forever(pipeline, port=port, host=host, poll_s=poll, say=say))
+    _exit_now(0)
 
 
 @app.command("validate-config")

@@ -8,6 +8,7 @@ tests can hand them fakes of our own making.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -63,10 +64,22 @@ class StageContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("plaster"))
     extras: dict[str, Any] = field(default_factory=dict)
     storage: Storage | None = None  # the durable store; None = PLASTER_HOME only
+    stop: threading.Event | None = None  # set by SIGTERM/SIGINT: long stages stop at their next safe point
 
     def __post_init__(self) -> None:
         if self.storage is None:
             self.storage = Storage(None, self.workspace.home)
+
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def check_stop(self, where: str) -> None:
+        """Raise Interrupted when a stop was asked for; call only where stopping loses nothing
+        that a resume cannot redo (between epochs after a checkpoint, between builds)."""
+        if self.stop_requested():
+            from orchestrator.errors import Interrupted
+
+            raise Interrupted(where)
 
     def path(self, *parts: str) -> Path:
         p = self.folder.joinpath(*parts)

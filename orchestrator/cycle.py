@@ -20,7 +20,7 @@ from orchestrator.artifacts import (Checkpoint, EngineSet, OnnxModel, Promotion,
                                     to_dict)
 from orchestrator.config import Pipeline
 from orchestrator.context import StageContext
-from orchestrator.errors import CandidateRejected, ChampionMoved, PlasterError, ResumeError
+from orchestrator.errors import CandidateRejected, ChampionMoved, Interrupted, PlasterError, ResumeError
 from orchestrator.storage import for_pipeline as storage_for
 from orchestrator.workspace import Workspace
 
@@ -116,6 +116,7 @@ class Cycle:
             PlasterError: the cycle could not reach a decision; the record says where it
                 stopped and `plaster run --resume` continues from there.
         """
+        self.ctx.stop = stop
         outputs = self._outputs()
         revalidated = False
         i = 0
@@ -125,14 +126,13 @@ class Cycle:
                 i += 1
                 continue
             if stop is not None and stop.is_set():
-                self.record["state"] = records.INTERRUPTED
-                self._persist()
-                self.registry.end_run(self.record["run_id"], "KILLED")
-                return self.record
+                return self._interrupt(name, "before it started")
             self.say(f"[bold]{name}[/bold]…")
             t0, started = time.perf_counter(), time.time()
             try:
                 out = _call(name, self.ctx, outputs)
+            except Interrupted as e:
+                return self._interrupt(name, str(e))
             except CandidateRejected as e:
                 return self._decide(REJECTED, [str(e)], outputs)
             except ChampionMoved as e:
@@ -169,6 +169,16 @@ class Cycle:
             i += 1
         promotion: Promotion = outputs["promote"]
         return self._decide(promotion.decision, list(promotion.reasons), outputs)
+
+    def _interrupt(self, stage: str, where: str) -> dict[str, Any]:
+        """Stop on request (SIGTERM): the record says where, and `--resume` redoes that stage
+        from its start (training from its last checkpoint). Only stages that check
+        `ctx.check_stop` stop midway; promotion never does, so no alias is half-moved."""
+        self.record["state"] = records.INTERRUPTED
+        self.record["interrupted"] = {"stage": stage, "where": where, "at": time.time()}
+        self._persist()
+        self.registry.end_run(self.record["run_id"], "KILLED")
+        return self.record
 
     def _publish_scorecard(self, sc: Scorecard) -> None:
         """scorecard.json/.md and its plots on the cycle's run (the registered version's

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 from orchestrator.workspace import Workspace
 
@@ -41,7 +43,12 @@ def ensure_ray(ws: Workspace) -> None:
     # Inside a Ray Job (`plaster submit`) the job's runtime_env already carries these; passing
     # another one here would replace it, and Ray then deletes the job's working_dir under us.
     in_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
-    with _stderr_to(ws.ray_log), (contextlib.nullcontext() if address or in_job else loopback_only()):
+    # ray.init replaces the SIGTERM handler, first thing, with one that exits at once (even
+    # while it starts the node); keep the CLI's, which lets the cycle in flight stop at a safe
+    # point and be recorded.
+    ours = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    with _stderr_to(ws.ray_log), (contextlib.nullcontext() if address or in_job else loopback_only()), \
+            (_keep_sigterm_handler() if callable(ours) else contextlib.nullcontext()):
         ray.init(
             address=address or None,
             log_to_driver=False,  # worker prints stay in Ray's session logs
@@ -51,6 +58,8 @@ def ensure_ray(ws: Workspace) -> None:
             dashboard_host="127.0.0.1",
             runtime_env=None if in_job else {"env_vars": {k: os.environ[k] for k in TRAIN_ENV}},
         )
+    if callable(ours):
+        signal.signal(signal.SIGTERM, ours)
     # ray.init may have attached its own stderr handler; keep our file the only one.
     for name in ("ray", "ray.train"):
         logging.getLogger(name).handlers = [handler]
@@ -89,6 +98,18 @@ def local_only() -> bool:
     import ray
 
     return ray.is_initialized() and ray.util.get_node_ip_address() in ("127.0.0.1", "::1")
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    from ray._private import utils
+
+    install = utils.set_sigterm_handler
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = install
 
 
 @contextlib.contextmanager

@@ -307,7 +307,9 @@ class Server:
             # current engine and try again at the next poll, reporting each problem once.
             except Exception as e:
                 if str(e) != last_error:
-                    self.say(f"still serving v{self.version}: {e}")
+                    from orchestrator.secrets import mask
+
+                    self.say(mask(f"still serving v{self.version}: {e}"))
                 last_error = str(e)
 
 

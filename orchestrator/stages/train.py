@@ -211,6 +211,10 @@ def _train_here(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | 
         history, start, restarts = _resume(state_file, model, opt, device)
         resumed_from = start
     for epoch in range(start, epochs):
+        if ctx.stop_requested():  # SIGTERM: keep the epochs done, so that --resume continues here
+            if epoch > start:
+                _save_state(state_file, model.state_dict(), opt, epoch - 1, history, restarts)
+            ctx.check_stop(f"train, before epoch {epoch + 1} of {epochs} (epochs done are checkpointed)")
         order = np.random.default_rng(cfg.seed + epoch).permutation(len(y))
         sums = run_epoch(model, opt, loss_fn, x, y, order, cfg.batch_size, device)
         history.append({"epoch": epoch, "train_loss": float(sums[0] / sums[2]),
@@ -289,7 +293,7 @@ def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str 
     import ray
     import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from orchestrator.runtime import ensure_ray
     from orchestrator.storage import cluster_hosts
@@ -321,7 +325,7 @@ def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str 
             "seed": cfg.seed, "checkpoint_every": cfg.checkpoint_every,
         },
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=_torch_config("nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
             name=f"{ctx.pipeline.name}-{ctx.cycle_id}",
             storage_path=storage_path, storage_filesystem=storage_fs,
@@ -330,7 +334,7 @@ def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str 
         ),
     )
     try:
-        result = trainer.fit()
+        result = _fit_unless_stopped(ctx, trainer)
     except Exception as e:  # Ray wraps worker errors; keep the root cause in the message
         raise TrainingError(f"Ray Train failed: {e}. Worker logs: {ctx.workspace.ray_log.parent} and Ray's session "
                             f"logs; train.max_failures ({cfg.max_failures}) restarts were allowed") from None
@@ -348,3 +352,86 @@ def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str 
         nodes=tuple(run_info["nodes"]), restarts=run_info["restarts"], resumed_from_epoch=run_info["resumed_from_epoch"],
         workers_reason=why, lr=lr,
     )
+
+
+def _fit_unless_stopped(ctx: StageContext, trainer):
+    """trainer.fit(), but a stop request does not wait for it: fit runs in a thread and this
+    one returns Interrupted at once. The workers' last checkpoint stays in storage; the
+    run's actors end with this driver (`plaster run`, the scheduler) or its local Ray."""
+    import threading
+
+    if ctx.stop is None:
+        return trainer.fit()
+    out: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            out["result"] = trainer.fit()
+        except BaseException as e:  # handed to the stage's thread below
+            out["error"] = e
+
+    t = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.2)
+        ctx.check_stop("train, during Ray Train's fit (the workers' checkpoints are kept)")
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+def _torch_config(backend: str):
+    """Ray Train's TorchConfig; on plaster's loopback-only local Ray, one whose rank 0 serves
+    torch's rendezvous store on 127.0.0.1. torch binds that store on every interface (`::`)
+    whatever host it is given; handing it a socket already bound to loopback
+    (`master_listen_fd`) is torch's own way to choose."""
+    from ray.train.torch import TorchConfig
+    from ray.train.torch.config import _TorchBackend
+
+    from orchestrator.runtime import local_only
+
+    if not local_only():
+        return TorchConfig(backend=backend)
+
+    class LoopbackBackend(_TorchBackend):
+        def on_start(self, worker_group, backend_config):
+            worker_group.execute(_rendezvous_store_on_loopback)
+            super().on_start(worker_group, backend_config)
+
+    class LoopbackTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self):
+            return LoopbackBackend
+
+    return LoopbackTorchConfig(backend=backend)
+
+
+def _rendezvous_store_on_loopback() -> None:
+    """In a Ray Train worker, before the process group starts: rank 0's TCPStore listens on
+    a socket bound to 127.0.0.1 when the rendezvous host is loopback."""
+    import importlib
+    import socket
+
+    from torch.distributed import TCPStore
+
+    # the module, not `torch.distributed.rendezvous`, which that package rebinds to a function
+    rendezvous = importlib.import_module("torch.distributed.rendezvous")
+
+    make = rendezvous._create_c10d_store
+    if getattr(make, "plaster_loopback", False):
+        return
+
+    def on_loopback(hostname, port, rank, world_size, timeout, use_libuv=True):
+        if rank != 0 or hostname not in ("127.0.0.1", "localhost") or rendezvous._torchelastic_use_agent_store():
+            return make(hostname, port, rank, world_size, timeout, use_libuv)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)
+        sock.set_inheritable(True)
+        store = TCPStore(host_name=hostname, port=port, world_size=world_size, is_master=True, timeout=timeout,
+                         multi_tenant=True, master_listen_fd=sock.detach(), use_libuv=use_libuv)
+        return store
+
+    on_loopback.plaster_loopback = True
+    rendezvous._create_c10d_store = on_loopback

@@ -1,0 +1,238 @@
+"""Closed by default and stops when told, checked on the real processes a user starts.
+
+Every listening socket of `plaster run` (with Ray Train workers, so gloo and the worker
+group are in it) and of `plaster serve` is read from the process tree with psutil while
+they work: none may be on an address other than loopback. SIGTERM during work is timed:
+`plaster serve` under traffic, `plaster run` and `plaster schedule` mid-training.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+import requests
+
+from orchestrator import api
+from orchestrator import record as records
+from orchestrator.workspace import Workspace
+
+from homes import module_home
+from servers import _free_port
+
+pytestmark = pytest.mark.integration
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def plaster(*args: str) -> subprocess.Popen:
+    """The CLI as a user starts it: its own local Ray, not the test session's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+class Listeners:
+    """Samples the listening TCP/UDP sockets of a process and all its descendants until stopped."""
+
+    def __init__(self, pid: int, every_s: float = 0.25):
+        self.pid, self.every_s = pid, every_s
+        self.seen: dict[tuple[str, int], str] = {}  # (ip, port) -> process name
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return
+            for p in procs:
+                try:
+                    for c in p.net_connections(kind="inet"):
+                        # UDP sockets have no LISTEN state; an unconnected bound one receives all the same
+                        if c.status == psutil.CONN_LISTEN or (c.status == psutil.CONN_NONE and not c.raddr):
+                            self.seen[(c.laddr.ip, c.laddr.port)] = p.name()
+                except psutil.Error:
+                    continue
+            self.samples += 1
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> "Listeners":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def exposed(self) -> dict[tuple[str, int], str]:
+        return {a: name for a, name in self.seen.items() if a[0] not in LOOPBACK}
+
+
+def set_yaml(digits, section: str, text: str) -> None:
+    """Replace one top-level section of the copied pipeline.yaml."""
+    lines, out, skipping = (digits / "pipeline.yaml").read_text().splitlines(), [], False
+    for line in lines:
+        if line.startswith(f"{section}:"):
+            skipping = True
+            continue
+        if skipping and line and not line.startswith((" ", "#")):
+            skipping = False
+        if not skipping:
+            out.append(line)
+    (digits / "pipeline.yaml").write_text("\n".join(out) + "\n" + text + "\n")
+
+
+@pytest.fixture(scope="module")
+def cycle(tmp_path_factory):
+    """`plaster run` with two Ray Train workers on its own local Ray, sockets sampled throughout."""
+    mp, digits = module_home(tmp_path_factory, "hardening")
+    set_yaml(digits, "train", "train: {workers: 2, epochs: 30, lr: 0.002}")
+    api.simulate(digits, shards=4)
+    proc = plaster("run", str(digits))
+    with Listeners(proc.pid) as seen:
+        out, _ = proc.communicate(timeout=600)
+    yield digits, proc.returncode, out, seen
+    mp.undo()
+
+
+def test_a_cycle_listens_on_loopback_only(cycle):
+    digits, code, out, seen = cycle
+    assert code == 0 and "PROMOTED v1" in out, out[-3000:]
+    assert "training on 2 CPU worker(s)" in out, "the cycle must use Ray Train's worker group"
+    names = set(seen.seen.values())
+    assert {"gcs_server", "raylet"} <= names, f"Ray's services were not sampled: {sorted(names)}"
+    assert len(seen.seen) >= 8 and seen.samples >= 20, (len(seen.seen), seen.samples)
+    assert seen.exposed() == {}, f"reachable from the network: {seen.exposed()}"
+
+
+def test_serving_listens_on_loopback_only_and_stops_within_seconds_of_sigterm_under_load(cycle):
+    digits, code, _, _ = cycle
+    assert code == 0
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = plaster("serve", str(digits), "--port", str(port))
+    example = [[[0.0] * 8] * 8]
+    codes: dict[str, int] = {}
+    stop = threading.Event()
+
+    def client(bad: bool) -> None:
+        with requests.Session() as s:
+            while not stop.is_set():
+                try:
+                    r = s.post(f"{url}/predict", timeout=30,
+                               data=b'{"inputs": [1, 2' if bad else json.dumps({"inputs": example}))
+                    key = str(r.status_code)
+                except requests.RequestException:
+                    key = "refused"
+                codes[key] = codes.get(key, 0) + 1
+
+    try:
+        with Listeners(proc.pid) as seen:
+            deadline = time.time() + 240
+            while True:
+                try:
+                    if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "slow"
+                time.sleep(0.5)
+            clients = [threading.Thread(target=client, args=(i % 2 == 1,), daemon=True) for i in range(8)]
+            for t in clients:
+                t.start()
+            time.sleep(4)
+            under_load = dict(codes)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=120)
+            stopped_s = time.monotonic() - t0
+        stop.set()
+        for t in clients:
+            t.join(timeout=40)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+    out = proc.stdout.read()
+    print(f"plaster serve exited {stopped_s:.1f} s after SIGTERM under 8 clients; answers {codes}")
+    assert code == 0, out[-2000:]
+    assert under_load.get("200", 0) > 20 and under_load.get("400", 0) > 20, under_load
+    assert not any(k.startswith("5") for k in codes), codes
+    assert "stopped in" in out, out[-2000:]
+    assert stopped_s < 20, f"took {stopped_s:.1f} s to stop"
+    assert seen.exposed() == {}, f"reachable from the network: {seen.exposed()}"
+    assert any(name.startswith("ray::ServeReplica") for name in seen.seen.values()), set(seen.seen.values())
+
+
+def _wait_for_training(proc, ws, timeout: float = 240) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        recs = records.load_all(ws, "digits")
+        rec = recs[-1] if recs else None
+        if rec and "ingest" in rec["stages"] and (rec.get("state") == "running"):
+            time.sleep(3)  # into the epochs
+            return rec
+        time.sleep(0.3)
+    raise AssertionError("training did not start")
+
+
+def test_run_stops_within_seconds_of_sigterm_mid_training_and_resumes(home, digits):
+    # minutes of training, in this process (the default on one machine without GPUs)
+    set_yaml(digits, "train", "train: {workers: auto, epochs: 3000, lr: 0.002}")
+    api.simulate(digits, shards=4)
+    ws = Workspace.from_env()
+    proc = plaster("run", str(digits))
+    rec = _wait_for_training(proc, ws)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    stopped_s = time.monotonic() - t0
+    out = proc.stdout.read()
+    print(f"plaster run exited {stopped_s:.1f} s after SIGTERM mid-training")
+    assert code == 128 + signal.SIGTERM, out[-2000:]
+    assert "--resume" in out and stopped_s < 15, (stopped_s, out[-2000:])
+    rec = records.load_all(ws, "digits")[-1]
+    assert rec["state"] == "interrupted" and rec["interrupted"]["stage"] == "train", rec.get("interrupted")
+    state = ws.cycle_dir("digits", rec["id"]) / "checkpoint" / "state.pt"
+    assert state.exists(), "the epochs done must be checkpointed"
+
+    # resume finishes at once: its checkpoint is past epoch 1
+    set_yaml(digits, "train", "train: {workers: auto, epochs: 1, lr: 0.002}")
+    resumed = plaster("run", str(digits), "--resume")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0 and "PROMOTED v1" in out, out[-3000:]
+    done = records.load_all(ws, "digits")[-1]
+    assert done["id"] == rec["id"] and done["stages"]["train"]["output"]["resumed_from_epoch"] > 0
+    from mlflow import MlflowClient
+
+    client = MlflowClient(ws.tracking_uri)
+    assert len(client.search_model_versions("name='digits'")) == 1
+
+
+def test_schedule_stops_within_seconds_of_sigterm_mid_training(home, digits):
+    # Ray Train's two workers this time: the daemon stops waiting for its fit at once
+    set_yaml(digits, "train", "train: {workers: 2, epochs: 3000, lr: 0.002}")
+    set_yaml(digits, "schedule", "schedule: {poll_seconds: 1}")
+    api.simulate(digits, shards=4)
+    ws = Workspace.from_env()
+    proc = plaster("schedule", str(digits), "--metrics-port", "0")
+    _wait_for_training(proc, ws)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    stopped_s = time.monotonic() - t0
+    out = proc.stdout.read()
+    print(f"plaster schedule exited {stopped_s:.1f} s after SIGTERM mid-training")
+    assert code == 0 and "stopped in" in out, out[-2000:]
+    assert stopped_s < 20, (stopped_s, out[-2000:])
+    rec = records.load_all(ws, "digits")[-1]
+    assert rec["state"] == "interrupted" and rec["interrupted"]["stage"] == "train", rec.get("interrupted")
