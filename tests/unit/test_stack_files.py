@@ -184,6 +184,26 @@ def test_gpu_worker_reserves_nvidia_gpus(services):
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
 
 
+def test_published_ports_bind_the_publish_host_and_env_example_keeps_it_on_loopback(services):
+    published = [(name, str(p)) for name, svc in services.items() for p in svc.get("ports", [])]
+    assert published and all(p.startswith("${PLASTER_PUBLISH_HOST:?") for _, p in published), published
+    lines = dict(ln.split("=", 1) for ln in ENV_EXAMPLE.read_text().splitlines() if ln and not ln.startswith("#"))
+    assert lines["PLASTER_PUBLISH_HOST"] == "127.0.0.1"
+
+
+def test_env_example_sets_no_password():
+    lines = dict(ln.split("=", 1) for ln in ENV_EXAMPLE.read_text().splitlines() if ln and not ln.startswith("#"))
+    secrets = {k: v for k, v in lines.items() if SECRET_NAME.search(k) and not k.endswith("_ID")}  # key ids name users
+    assert secrets and all(v == "" for v in secrets.values()), secrets  # `:?` refuses an empty one
+
+
+def test_mlflow_sets_allowed_hosts_and_cors(services):
+    args = shlex.split(command_of(services["mlflow"]))
+    origins = args[args.index("--cors-allowed-origins") + 1].split(",")
+    assert origins and "*" not in origins and all(o.startswith("http://") for o in origins)
+    assert "*" not in args[args.index("--allowed-hosts") + 1]
+
+
 def test_mlflow_answers_to_its_service_name(services):
     args = shlex.split(command_of(services["mlflow"]))
     hosts = args[args.index("--allowed-hosts") + 1].split(",")
