@@ -185,19 +185,24 @@ def _wait_for_training(proc, ws, timeout: float = 240) -> dict:
     raise AssertionError("training did not start")
 
 
+def _sigterm_mid_training(proc, ws, what: str) -> tuple[int, float, str]:
+    """SIGTERM a few seconds into training: (exit code, seconds to exit, output)."""
+    _wait_for_training(proc, ws)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    stopped_s = time.monotonic() - t0
+    print(f"{what} exited {stopped_s:.1f} s after SIGTERM mid-training")
+    return code, stopped_s, proc.stdout.read()
+
+
 def test_run_stops_within_seconds_of_sigterm_mid_training_and_resumes(home, digits):
     # minutes of training, in this process (the default on one machine without GPUs)
     set_yaml(digits, "train", "train: {workers: auto, epochs: 3000, lr: 0.002}")
     api.simulate(digits, shards=4)
     ws = Workspace.from_env()
     proc = plaster("run", str(digits))
-    rec = _wait_for_training(proc, ws)
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=120)
-    stopped_s = time.monotonic() - t0
-    out = proc.stdout.read()
-    print(f"plaster run exited {stopped_s:.1f} s after SIGTERM mid-training")
+    code, stopped_s, out = _sigterm_mid_training(proc, ws, "plaster run")
     assert code == 128 + signal.SIGTERM, out[-2000:]
     assert "--resume" in out and stopped_s < 15, (stopped_s, out[-2000:])
     rec = records.load_all(ws, "digits")[-1]
@@ -225,13 +230,7 @@ def test_schedule_stops_within_seconds_of_sigterm_mid_training(home, digits):
     api.simulate(digits, shards=4)
     ws = Workspace.from_env()
     proc = plaster("schedule", str(digits), "--metrics-port", "0")
-    _wait_for_training(proc, ws)
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=120)
-    stopped_s = time.monotonic() - t0
-    out = proc.stdout.read()
-    print(f"plaster schedule exited {stopped_s:.1f} s after SIGTERM mid-training")
+    code, stopped_s, out = _sigterm_mid_training(proc, ws, "plaster schedule")
     assert code == 0 and "stopped in" in out, out[-2000:]
     assert stopped_s < 20, (stopped_s, out[-2000:])
     rec = records.load_all(ws, "digits")[-1]
