@@ -299,15 +299,99 @@ def _field_errors(err: ValidationError) -> list[str]:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = "unknown key (check the spelling against the README's pipeline format)" if e["type"] == "extra_forbidden" else e["msg"]
+        if e["type"] != "extra_forbidden" and isinstance(e.get("input"), (str, int, float, bool)):
+            msg += f" (got {e['input']!r})"  # which value is wrong, in a list or a typo'd word
         out.append(f"  - {key}: {msg}")
     return out
 
 
-def load_pipeline(folder: str | Path) -> Pipeline:
-    """Read and validate `<folder>/pipeline.yaml` and check `<folder>/model.py` exists.
+def _unset_variables(config: PipelineConfig) -> list[str]:
+    """Paths naming an environment variable that is not set, found at load time instead of
+    at the stage that reads them. PLASTER_HOME always expands: the workspace defaults it."""
+    paths = {"data.source": config.data.source, "data.golden": config.data.golden, "storage.uri": config.storage.uri,
+             **{f"data.slices.{k}": v for k, v in config.data.slices.items()}}
+    env = {"PLASTER_HOME", *os.environ}
+    out = []
+    for key, value in paths.items():
+        names = re.findall(r"\$(?:\{(\w+)\}|(\w+))", value or "")
+        unset = sorted({a or b for a, b in names} - env)
+        if unset:
+            out.append(f"  - {key}: {value!r} names the environment variable(s) {', '.join(unset)}, which are not set; "
+                       "set them or write the path out")
+    return out
+
+
+_CHECKED: dict[tuple, None] = {}  # model files whose contract already held, by content and declared shapes
+
+
+def check_model(pipeline: Pipeline) -> None:
+    """The door, checked at load time: model.py imports, `build_model()` takes no arguments and
+    returns a torch.nn.Module, and that module maps a zero batch shaped like
+    data.features.shape to one logit per class (label.num_classes). Without this a wrong model
+    fails minutes later, inside training, with an IndexError or an AttributeError.
 
     Raises:
-        ConfigError: listing every invalid key at once.
+        ConfigError: naming model.py, build_model() or the pipeline.yaml key to fix.
+    """
+    import inspect
+
+    path, data = pipeline.model_file, pipeline.config.data
+    shape, k = tuple(data.features.shape), data.label.num_classes
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size, shape, k)
+    if key in _CHECKED:
+        return
+    try:
+        module = load_module(path)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}:{e.lineno}: SyntaxError: {e.msg}; fix model.py") from None
+    except ConfigError:
+        raise
+    except (Exception, SystemExit) as e:  # ImportError, NameError, sys.exit(): the user's file, reported as such
+        raise ConfigError(f"{path} failed to import: {type(e).__name__}: {e}; fix model.py") from None
+    build = getattr(module, "build_model", None)
+    if not callable(build):
+        raise ConfigError(f"{path} defines no build_model(): add `def build_model() -> torch.nn.Module`")
+    try:
+        inspect.signature(build).bind()
+    except TypeError:
+        raise ConfigError(f"build_model{inspect.signature(build)} in {path} must take no required arguments: "
+                          "plaster calls build_model()") from None
+    except ValueError:  # a builtin without a signature: find out by calling it
+        pass
+    import torch
+
+    try:
+        model = build()
+    except Exception as e:
+        raise ConfigError(f"build_model() in {path} raised {type(e).__name__}: {e}; fix model.py") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"build_model() in {path} returned {type(model).__name__} ({repr(model)[:60]}), not a "
+                          "torch.nn.Module: return the model, e.g. nn.Sequential(...)")
+    model.eval()
+    batch = (2, *shape)
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(batch, dtype=torch.float32))
+    except Exception as e:
+        raise ConfigError(f"the model from build_model() in {path} cannot take a batch of data.features.shape "
+                          f"{list(shape)} (a zero batch {list(batch)} raised {type(e).__name__}: {str(e)[:200]}): "
+                          "make its first layer match data.features.shape, or fix data.features.shape") from None
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"the model from build_model() in {path} returned {type(out).__name__} for a batch; its "
+                          f"forward must return one tensor of logits shaped [N, {k}] (label.num_classes={k})")
+    if tuple(out.shape) != (2, k) or not out.is_floating_point():
+        raise ConfigError(f"the model from build_model() in {path} outputs {out.dtype} shaped {list(out.shape)} for a "
+                          f"batch of 2; label.num_classes={k} needs float logits shaped [2, {k}]: make its last "
+                          f"layer output {k} values, or fix data.label.num_classes")
+    _CHECKED[key] = None
+
+
+def load_pipeline(folder: str | Path, check: bool = True) -> Pipeline:
+    """Read and validate `<folder>/pipeline.yaml` and, with `check`, its model.py (check_model).
+
+    Raises:
+        ConfigError: listing every invalid key at once; or naming what model.py must fix.
     """
     folder = Path(folder)
     yaml_path = folder / "pipeline.yaml"
@@ -324,9 +408,13 @@ def load_pipeline(folder: str | Path) -> Pipeline:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as e:
         errors = _field_errors(e) + errors
+    if not errors:
+        errors = _unset_variables(config)
     if errors:
         raise ConfigError(_format(errors, yaml_path))
     pipeline = Pipeline(folder.resolve(), config)
     if not pipeline.model_file.is_file():
         raise ConfigError(f"{pipeline.model_file} not found: define build_model() -> torch.nn.Module there")
+    if check:
+        check_model(pipeline)
     return pipeline

@@ -23,6 +23,7 @@ def read_shard(path: Path, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
         ShardInvalid: with a one-line reason naming what is wrong and what was expected.
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
@@ -41,25 +42,32 @@ def read_shard(path: Path, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
         raise ShardInvalid(f"schema: column '{fcol}' is {ftype}, expected a list of {width} floats")
     if not (pa.types.is_floating(ftype.value_type) or pa.types.is_integer(ftype.value_type)):
         raise ShardInvalid(f"dtype: column '{fcol}' holds {ftype.value_type}, expected float32")
+    if table.column(fcol).null_count:
+        first = int(np.flatnonzero(table.column(fcol).is_null().to_numpy(zero_copy_only=False))[0])
+        raise ShardInvalid(f"values: {table.column(fcol).null_count} row(s) of '{fcol}' are null (first: row {first}); "
+                           f"every row needs {width} values")
     lengths = table.column(fcol).combine_chunks().value_lengths().to_numpy(zero_copy_only=False)
     if np.any(lengths != width):
         bad = int(np.flatnonzero(lengths != width)[0])
         raise ShardInvalid(f"shape: row {bad} of '{fcol}' has {lengths[bad]} values, expected {width} (shape {list(data.features.shape)})")
-    x = np.asarray(table.column(fcol).combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused just below
+        x = np.asarray(table.column(fcol).combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
     x = x.reshape((table.num_rows, *data.features.shape))
     if not np.all(np.isfinite(x)):
-        raise ShardInvalid(f"values: {int(np.sum(~np.isfinite(x)))} NaN/inf value(s) in '{fcol}'")
+        raise ShardInvalid(f"values: {int(np.sum(~np.isfinite(x)))} NaN/inf (or beyond float32 range) value(s) "
+                           f"in '{fcol}'")
     ltype = table.schema.field(lcol).type
     if not pa.types.is_integer(ltype):
         raise ShardInvalid(f"dtype: column '{lcol}' is {ltype}, expected integer class ids")
     y_col = table.column(lcol)
     if y_col.null_count:
         raise ShardInvalid(f"values: {y_col.null_count} missing label(s) in '{lcol}'")
-    y = y_col.to_numpy().astype(np.int64)
     k = data.label.num_classes
-    if y.min() < 0 or y.max() >= k:
-        raise ShardInvalid(f"labels: values {int(y.min())}..{int(y.max())} outside 0..{k - 1} (label.num_classes={k})")
-    return x, y
+    # The range is read before any cast: a uint64 label past int64 would wrap to a negative id.
+    lo, hi = (v.as_py() for v in pc.min_max(y_col).values())
+    if lo < 0 or hi >= k:
+        raise ShardInvalid(f"labels: values {lo}..{hi} outside 0..{k - 1} (label.num_classes={k})")
+    return x, y_col.to_numpy().astype(np.int64)
 
 
 def write_shard(path: Path, x: np.ndarray, y: np.ndarray, feature_column: str = "pixels",

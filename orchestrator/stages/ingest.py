@@ -28,11 +28,23 @@ def quarantine(path: Path, sha: str, reason: str) -> QuarantinedShard:
     target = folder / path.name
     if target.exists():  # keep both: a later bad shard of the same name must not overwrite evidence
         target = folder / f"{path.stem}-{sha[:12]}{path.suffix}"
-    shutil.move(str(path), target)
+    # The reason first: a crash between the two leaves the shard in place (quarantined again
+    # next cycle), never a quarantined shard without its reason.
     target.with_name(target.name + ".reason.json").write_text(
         json.dumps({"shard": path.name, "sha256": sha, "reason": reason, "quarantined_at": time.time()}, indent=2)
     )
+    shutil.move(str(path), target)
     return QuarantinedShard(path.name, str(target), sha, reason)
+
+
+def _originals(paths: list[Path]) -> tuple[dict[Path, str], dict[str, Path]]:
+    """Each shard's sha256, and for each content the shard that arrived first (then by name):
+    a copy of it under another name is a duplicate, however the names sort."""
+    shas = {p: sha256_file(p) for p in paths}
+    first: dict[str, Path] = {}
+    for p in sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name)):
+        first.setdefault(shas[p], p)
+    return shas, first
 
 
 def run(ctx: StageContext) -> Snapshot:
@@ -50,15 +62,25 @@ def run(ctx: StageContext) -> Snapshot:
     quarantined: list[QuarantinedShard] = []
     old_paths: list[Path] = []
     xs, ys = [], []
-    seen: set[str] = set()
-    for path in sorted(source.glob("*.parquet")):
-        sha = sha256_file(path)
+    found = sorted(source.glob("*.parquet"))
+    for path in found:
+        if not path.is_file():  # e.g. a partitioned dataset's folder: nothing to hash or read as one shard
+            reason = "not a file: a folder named *.parquet; put each shard in data.source as one Parquet file"
+            quarantined.append(quarantine(path, "", reason))
+            ctx.say(f"quarantined {path.name}: {reason}")
+    shas, first = _originals([p for p in found if p.is_file()])
+    for path, sha in shas.items():
+        if first[sha] != path:
+            # The same bytes under a second name: learning them again would count those rows
+            # twice (in min_new_rows, the holdout and replay). The first arrival stays.
+            reason = (f"duplicate: the same bytes as {first[sha].name} (sha256 {sha[:12]}…), which "
+                      + ("is already learned" if sha in learned else "this cycle learns") + "; a shard is learned once")
+            quarantined.append(quarantine(path, sha, reason))
+            ctx.say(f"quarantined {path.name}: {reason}")
+            continue
         if sha in learned:
             old_paths.append(path)
             continue
-        if sha in seen:  # the same bytes under two names: learn them once
-            continue
-        seen.add(sha)
         try:
             x, y = read_shard(path, cfg.data)
         except ShardInvalid as e:
@@ -134,11 +156,15 @@ def pending(source: Path, learned: set[str]) -> tuple[int, float | None]:
     rows, oldest = 0, None
     if not source.is_dir():
         return 0, None
+    seen: set[str] = set()
     for path in sorted(source.glob("*.parquet")):
+        if not path.is_file():
+            continue
         st = path.stat()
         sha = _hash_cached(path, st.st_mtime_ns, st.st_size)
-        if sha in learned:
+        if sha in learned or sha in seen:  # a duplicate adds no rows: ingest learns one copy
             continue
+        seen.add(sha)
         try:
             rows += pq.read_metadata(path).num_rows
         except Exception:

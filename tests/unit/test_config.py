@@ -75,3 +75,51 @@ def test_a_warm_start_takes_its_own_epochs_and_learning_rate():
     assert recipe(TrainConfig(epochs=30, lr=0.002), warm=True) == (30, 0.002)
     with pytest.raises(ValueError):
         TrainConfig(warm_start_epochs=0)
+
+
+GOOD_MODEL = "from torch import nn\n\ndef build_model():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, {k}))\n"
+
+
+@pytest.mark.parametrize("source, words", [
+    ("def build_model(:\n", ["model.py:1", "SyntaxError"]),
+    ("import plaster_no_such_package\n", ["failed to import", "ModuleNotFoundError", "plaster_no_such_package"]),
+    ("def make_model():\n    pass\n", ["defines no build_model()"]),
+    ("def build_model(width):\n    pass\n", ["build_model(width)", "no required arguments"]),
+    ("def build_model():\n    raise RuntimeError('no weights file')\n",
+     ["build_model()", "RuntimeError: no weights file"]),
+    ("def build_model():\n    return 42\n", ["returned int (42)", "not a torch.nn.Module"]),
+    (GOOD_MODEL.format(k=5), ["shaped [2, 5]", "label.num_classes=10", "output 10 values"]),
+    ("from torch import nn\n\ndef build_model():\n    return nn.Sequential(nn.Flatten(), nn.Linear(48, 10))\n",
+     ["data.features.shape [1, 8, 8]", "first layer"]),
+    ("import torch\nfrom torch import nn\n\nclass M(nn.Module):\n    def forward(self, x):\n"
+     "        return {'logits': torch.zeros(len(x), 10)}\n\ndef build_model():\n    return M()\n",
+     ["returned dict", "one tensor of logits"]),
+])
+def test_model_contract_is_checked_at_load_time_naming_the_fix(digits, source, words):
+    """DESIGN: the door is checked at load time. These used to fail minutes later in training
+    (`IndexError: Target 7 is out of bounds`, `'int' object has no attribute ...`)."""
+    (digits / "model.py").write_text(source)
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(digits)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+    assert "model.py" in str(e.value)
+    load_pipeline(digits, check=False)  # status, history, rollback never need the model
+
+
+def test_model_check_follows_the_declared_classes_and_runs_once_per_file(digits):
+    (digits / "model.py").write_text(GOOD_MODEL.format(k=10))
+    assert load_pipeline(digits).name == "digits"
+    (digits / "model.py").write_text(GOOD_MODEL.format(k=3))  # edited: checked again
+    with pytest.raises(ConfigError, match=r"shaped \[2, 3\]"):
+        load_pipeline(digits)
+
+
+def test_an_unset_environment_variable_in_a_path_is_a_load_time_error(digits, monkeypatch):
+    monkeypatch.delenv("PLASTER_FAULT_NOPE", raising=False)
+    monkeypatch.delenv("PLASTER_HOME", raising=False)  # always expandable: the workspace defaults it
+    text = (digits / "pipeline.yaml").read_text().replace("${PLASTER_HOME}/data/digits/shards",
+                                                          "${PLASTER_FAULT_NOPE}/shards")
+    (digits / "pipeline.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="data.source: .*PLASTER_FAULT_NOPE, which are not set"):
+        load_pipeline(digits)

@@ -112,3 +112,55 @@ def test_the_heavy_workload_simulates_from_a_copy_of_its_folder(home, tmp_path):
     (path,) = api.simulate(heavy, shards=1)
     x, y = read_shard(path, load_pipeline(heavy).config.data)
     assert x.shape == (1000, 1, 16, 16) and x.dtype == np.float32 and set(np.unique(y)) <= set(range(10))
+
+
+def test_more_bad_shards_are_quarantined_with_a_reason_naming_the_defect(stream, home):
+    """The fault suite's bad shards that the first checks let through or misnamed: null
+    feature rows, labels past int64 (read as negative before), values beyond float32, a copy
+    of a shard under another name, and a folder named like a shard. An extra column is fine."""
+    digits, good = stream
+    src = good[0].parent
+    f32 = pa.list_(pa.float32())
+    _bad(src / "a-null-row.parquet", pixels=pa.array([[0.0] * 64, None], type=f32), label=pa.array([1, 2]))
+    _bad(src / "a-u64.parquet", pixels=pa.array([[0.0] * 64], type=f32), label=pa.array([2**63 + 5], type=pa.uint64()))
+    _bad(src / "a-huge.parquet", pixels=pa.array([[1e300] * 64], type=pa.list_(pa.float64())), label=pa.array([1]))
+    (src / "a-folder.parquet").mkdir()
+    (src / "a-folder.parquet" / "part-0.parquet").write_bytes(good[0].read_bytes())
+    # The copy sorts first and arrives last: the original (the first arrival) is kept.
+    shutil.copyfile(good[1], src / "a-copy.parquet")
+    _bad(src / "z-extra.parquet", pixels=pa.array([[0.5] * 64] * 3, type=f32), label=pa.array([1, 2, 3]),
+         note=pa.array(["x", "y", "z"]))
+    copy_bytes = (src / "a-copy.parquet").read_bytes()
+
+    snap = ingest.run(context(home, digits))
+
+    reasons = {q.name: q.reason for q in snap.quarantined}
+    assert set(reasons) == {"a-null-row.parquet", "a-u64.parquet", "a-huge.parquet", "a-folder.parquet",
+                            "a-copy.parquet"}
+    assert "null" in reasons["a-null-row.parquet"] and "row 1" in reasons["a-null-row.parquet"]
+    assert "9223372036854775813 outside 0..9" in reasons["a-u64.parquet"]
+    assert "beyond float32" in reasons["a-huge.parquet"]
+    assert "not a file" in reasons["a-folder.parquet"] and (src / "_quarantine" / "a-folder.parquet").is_dir()
+    assert "duplicate" in reasons["a-copy.parquet"] and good[1].name in reasons["a-copy.parquet"]
+    assert (src / "_quarantine" / "a-copy.parquet").read_bytes() == copy_bytes
+    reason_file = src / "_quarantine" / "a-copy.parquet.reason.json"
+    assert json.loads(reason_file.read_text())["reason"].startswith("duplicate")
+    assert [s.name for s in snap.new_shards] == [p.name for p in good] + ["z-extra.parquet"]
+    assert snap.train_rows + snap.holdout_new_rows == 503
+
+
+def test_a_copy_of_a_learned_shard_is_a_duplicate_and_not_replayed_twice(stream, home):
+    digits, good = stream
+    learned = [sha256_file(p) for p in good]
+    folder = home / "champ"
+    write_champion_folder(folder, learned)
+    reg = FakeRegistry()
+    reg.champion_ref = VersionRef("1", "r", str(folder), "fp32", "onnxruntime")
+    reg.learned = learned
+    shutil.copyfile(good[0], good[0].parent / "again.parquet")
+    assert ingest.pending(good[0].parent, set()) == (500, ingest.pending(good[0].parent, set())[1])
+
+    snap = ingest.run(context(home, digits, reg))
+
+    assert [(q.name, "already learned" in q.reason) for q in snap.quarantined] == [("again.parquet", True)]
+    assert snap.new_shards == () and snap.skip_reason
