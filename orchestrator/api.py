@@ -30,13 +30,15 @@ def run_cycle(folder: str | Path, resume: bool = False, wait: bool = False, trig
     Raises:
         CycleLockedError: another cycle of this pipeline is running (and `wait` is False).
         PlasterError: the cycle could not reach a decision; resume it after fixing the cause.
+        Interrupted: `stop` was set while waiting for the lock (a stop during the cycle
+            returns its record in state `interrupted` instead).
     """
     from orchestrator.cycle import Cycle
 
     ws = Workspace.from_env()
     pipeline = load_pipeline(folder)
     with records.PipelineLock(ws, pipeline.name) as lock:
-        lock.acquire(wait=wait, holder=f"plaster run {folder}")
+        lock.acquire(wait=wait, holder=f"plaster run {folder}", stop=stop)
         registry = registry or registry_for(ws)
         if resume:
             cycle = Cycle.resume(ws, pipeline, registry, say=say)

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from orchestrator.errors import PlasterError
+from orchestrator.errors import Interrupted, PlasterError
 from orchestrator.secrets import mask
 
 app = typer.Typer(help="plaster: new data to a promoted model, measured.", no_args_is_help=True,
@@ -83,7 +83,12 @@ def run(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.yam
             else:
                 console.print(msg)
 
-        rec = _guard(lambda: api.run_cycle(pipeline, resume=resume, wait=wait, trigger=trigger, say=say, stop=stop))
+        try:
+            rec = _guard(lambda: api.run_cycle(pipeline, resume=resume, wait=wait, trigger=trigger, say=say,
+                                               stop=stop))
+        except Interrupted as e:  # stopped before any cycle started: nothing to resume
+            err.print(f"[yellow]interrupted[/] {e}; no cycle started")
+            _exit_now(128 + (stop.signum or 15))
     if rec["state"] == "interrupted":
         where = rec.get("interrupted", {})
         err.print(f"[yellow]interrupted[/] in {where.get('where') or where.get('stage')}: cycle {rec['id']} is saved; "

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import secrets
-from orchestrator.errors import CycleLockedError
+from orchestrator.errors import CycleLockedError, Interrupted
 from orchestrator.workspace import Workspace
 
 RUNNING, DECIDED, FAILED, ABANDONED = "running", "decided", "failed", "abandoned"
@@ -72,11 +72,24 @@ class PipelineLock:
         self.pipeline = pipeline
         self._fd: int | None = None
 
-    def acquire(self, wait: bool = False, holder: str = "") -> None:
+    def acquire(self, wait: bool = False, holder: str = "", stop=None) -> None:
+        """Take the lock, or raise CycleLockedError; with `wait`, poll until it is free, or
+        until `stop` (a threading.Event) is set: then raise Interrupted."""
         self.file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            # Polled rather than a blocking flock: SIGTERM must be able to end the wait.
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not wait:
+                        raise
+                    if stop is not None and stop.is_set():
+                        os.close(fd)
+                        raise Interrupted(f"waiting for the lock of '{self.pipeline}'") from None
+                    time.sleep(0.2)
         except BlockingIOError:
             os.close(fd)
             try:
