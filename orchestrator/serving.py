@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from orchestrator.errors import PlasterError, RegistryError
+from orchestrator.errors import Interrupted, PlasterError, RegistryError
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 # A body that trickles in (or never ends) holds a replica slot and, at shutdown, the drain:
@@ -269,7 +269,7 @@ class Server:
                                 f"does not run here ({e}); roll the champion back (`plaster rollback`)") from None
         return {"version": ref.version, "precision": ref.precision, "backend": ref.backend, "engine": str(engine)}
 
-    def _deploy(self, champion: dict, timeout: float) -> None:
+    def _deploy(self, champion: dict, timeout: float, stop: threading.Event | None = None) -> None:
         from ray.serve.context import _get_global_client
         from ray.serve.schema import ServeDeploySchema
 
@@ -282,6 +282,8 @@ class Server:
         }]))
         deadline = time.monotonic() + timeout
         while (_get(f"{self.url}/version") or {}).get("version") != champion["version"]:
+            if stop is not None and stop.is_set():
+                raise Interrupted(f"while v{champion['version']} was being deployed")
             status = serve.status().applications.get(self.app)
             if status is not None and status.status == "DEPLOY_FAILED":
                 raise PlasterError(f"Ray Serve could not deploy {self.pipeline.name} v{champion['version']}: "
@@ -332,7 +334,7 @@ def _http_on(host: str, port: int) -> None:
 
 
 def start(folder, port: int = 8000, host: str = "127.0.0.1", poll_s: float = 1.0,
-          say: Callable[[str], None] = lambda m: None) -> Server:
+          say: Callable[[str], None] = lambda m: None, stop: threading.Event | None = None) -> Server:
     """Serve the champion of the pipeline in `folder` at http://host:port and follow its alias.
 
     Raises:
@@ -354,9 +356,11 @@ def start(folder, port: int = 8000, host: str = "127.0.0.1", poll_s: float = 1.0
     server = Server(pipeline, registry, ws.home / "versions" / pipeline.name, f"http://{host}:{port}", poll_s, say)
     champion = server._champion(version)
     ensure_ray(ws)
+    if stop is not None and stop.is_set():  # asked to stop while Ray started: start nothing more
+        raise Interrupted("while Ray was starting")
     _http_on(host, port)
     try:
-        server._deploy(champion, timeout=180)
+        server._deploy(champion, timeout=180, stop=stop)
     except BaseException:
         server.stop()
         raise
@@ -372,18 +376,25 @@ def serve_forever(folder, port: int = 8000, host: str = "127.0.0.1", poll_s: flo
 
     import ray
 
-    server = start(folder, port, host, poll_s, say)
     done = threading.Event()
+    # Installed before start: a SIGTERM while Ray and the application come up ends the start
+    # (the deploy wait watches `done`) instead of killing the process with Ray half-started.
     previous = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        try:
+            server = start(folder, port, host, poll_s, say, stop=done)
+        except Interrupted:  # start took the application down already
+            ray.shutdown()
+            say("stopped before serving: SIGTERM while starting")
+            return
         while not done.wait(0.2):  # a timed wait lets the main thread run the signal handler
             pass
-    finally:
         t0 = time.monotonic()
         say(f"stopping: requests in flight get {DRAIN_S:g} s…")
         server.stop()
         t1 = time.monotonic()
         ray.shutdown()
+        say(f"stopped in {time.monotonic() - t0:.1f} s (serve {t1 - t0:.1f} s, Ray {time.monotonic() - t1:.1f} s)")
+    finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        say(f"stopped in {time.monotonic() - t0:.1f} s (serve {t1 - t0:.1f} s, Ray {time.monotonic() - t1:.1f} s)")
