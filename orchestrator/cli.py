@@ -164,11 +164,16 @@ GATE_EXIT = {"PROMOTE": 0, "REJECT": 1, "HOLD": 2}
 @app.command()
 def gate(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.yaml + model.py)"),
          candidate: Optional[str] = typer.Option(None, help="registered version to judge (default: challenger, else newest)"),
-         as_json: bool = typer.Option(False, "--json", help="print the whole scorecard as JSON")):
+         as_json: bool = typer.Option(False, "--json", help="print the whole scorecard as JSON"),
+         junit: Optional[Path] = typer.Option(None, "--junit", help="also write JUnit XML: one test case per "
+                                              "gate rule, for CI systems to show")):
     """Re-validate a registered version against the champion; exit 0 PROMOTE, 1 REJECT, 2 HOLD or error."""
+    import time
+
     from orchestrator import api, render
 
     logging.basicConfig(level=logging.WARNING)
+    t0 = time.monotonic()
     try:
         if as_json:
             # stdout carries only the JSON: MLflow prints "View run ..." lines when a run ends.
@@ -182,6 +187,11 @@ def gate(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.ya
         err.print(f"[red]error:[/] {e}" if isinstance(e, PlasterError) else f"[red]error:[/] {type(e).__name__}: "
                   f"{mask(str(e))}")
         raise typer.Exit(2)
+    if junit is not None:
+        from orchestrator import junit as junit_xml
+
+        junit_xml.write(junit, out["pipeline"], out["scorecard"], time.monotonic() - t0)
+        err.print(f"JUnit report: {junit}")
     if as_json:
         print(json.dumps(out, indent=2))
     else:

@@ -112,11 +112,21 @@ def test_skip_and_reject(cycles):
     json.dumps(st)  # --json prints exactly this
 
 
-def test_gate_exit_codes_reject_and_hold(cycles):
+def test_gate_exit_codes_reject_and_hold(cycles, tmp_path):
+    import xml.etree.ElementTree as ET
+
     runner = CliRunner()
-    rejected = runner.invoke(app, ["gate", str(cycles.digits), "--candidate", "3"])
+    report = tmp_path / "reports" / "gate.xml"
+    rejected = runner.invoke(app, ["gate", str(cycles.digits), "--candidate", "3", "--junit", str(report)])
     assert rejected.exit_code == 1, rejected.output
     assert "Gate → REJECT" in rejected.output and "accuracy_min.new" in rejected.output
+    # The same verdicts as a CI system shows them: the failing rule is a failed test case.
+    suite = ET.parse(report).getroot().find("testsuite")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert cases["accuracy_min.new"].find("failure") is not None
+    assert "< 0.7" in cases["accuracy_min.new"].find("failure").get("message")
+    assert int(suite.get("failures")) >= 1 and int(suite.get("tests")) == len(cases)
+    assert {p.get("name"): p.get("value") for p in suite.iter("property")}["decision"] == "REJECT"
 
     # Manual promotion: a passing version is held for approval (exit 2), never promoted by CI.
     yaml = cycles.digits / "pipeline.yaml"
