@@ -182,14 +182,14 @@ def _when(c: dict) -> datetime:
 
 
 def _dated(ax: Any, fig: Any) -> None:
-    import matplotlib.dates as mdates
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))  # matplotlib's default zone is UTC
-    ax.set_xlabel("UTC")
-    fig.autofmt_xdate()
+    from orchestrator.plots import dates
+
+    dates(ax.xaxis)
+    ax.set_xlabel("decided at (UTC)")
 
 
 def _plots(cycles: list[dict], out: Path) -> list[Path]:
-    from orchestrator.plots import pyplot, save
+    from orchestrator.plots import plain_log, pyplot, save
 
     plt = pyplot()
     written = []
@@ -204,6 +204,7 @@ def _plots(cycles: list[dict], out: Path) -> list[Path]:
         if sel:
             ax.scatter([p[0] for p in sel], [p[1] for p in sel], marker=marker, color=colour, zorder=3, label=d)
     ax.set(yscale="log", ylabel="seconds (log: lags reach days)", title="Cycle time and data-to-live lag")
+    plain_log(ax.yaxis)
     ax.legend(fontsize=8)
     _dated(ax, fig)
     written.append(save(plt, fig, out / "cycle_time.png"))
@@ -215,9 +216,10 @@ def _plots(cycles: list[dict], out: Path) -> list[Path]:
         secs = [c["stage_seconds"].get(n, 0.0) for c in cycles]
         ax.bar(range(len(cycles)), secs, bottom=bottom, label=n)
         bottom = [b + s for b, s in zip(bottom, secs)]
-    ax.set_xticks(range(len(cycles)), [_when(c).strftime("%m-%d %H:%M") for c in cycles], rotation=60, ha="right",
-                  fontsize=7)
-    ax.set(ylabel="seconds", title="Stage seconds per cycle")
+    # Cycle numbers with their time to the second: cycles minutes apart stay distinct.
+    ax.set_xticks(range(len(cycles)), [f"#{i + 1} {_when(c):%m-%d %H:%M:%S}" for i, c in enumerate(cycles)],
+                  rotation=60, ha="right", fontsize=7)
+    ax.set(xlabel="cycle (decided at, UTC)", ylabel="seconds", title="Stage seconds per cycle")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))  # beside the bars, never over them
     written.append(save(plt, fig, out / "stages.png"))
 

@@ -175,7 +175,7 @@ def _ci_bars(ax: Any, x: Any, values: list[float], cis: list[tuple[float, float]
 def plots(sc: Scorecard, raw: Raw | None, out: Path) -> list[Path]:
     """latency.png (only with raw samples), accuracy.png and precisions.png in `out`."""
     import numpy as np
-    from orchestrator.plots import pyplot, save
+    from orchestrator.plots import plain_log, pyplot, save
 
     plt = pyplot()
     cand, champ, written = sc.chosen, sc.champion, []
@@ -193,6 +193,7 @@ def plots(sc: Scorecard, raw: Raw | None, out: Path) -> list[Path]:
             for who, a in ms.items():
                 ax.hist(a, bins=bins, alpha=0.5, label=f"{who} (p50 {np.median(a):.3f} ms)")
             ax.set(xscale="log", xlabel="ms per call", ylabel="calls", title=f"batch {b}")
+            plain_log(ax.xaxis)
             ax.legend(fontsize=8)
         fig.suptitle(f"Latency: {_name(cand)} vs champion {_name(champ)}" if champ else f"Latency: {_name(cand)}")
         written.append(save(plt, fig, out / "latency.png"))
