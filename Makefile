@@ -8,7 +8,7 @@ export PLASTER_HOME ?= $(CURDIR)/.plaster
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-unit bench bench-heavy bench-warm-start bench-soak bench-gate bench-serve clean-home
+.PHONY: setup demo test test-unit bench bench-heavy bench-warm-start bench-soak bench-gate bench-serve faults clean-home
 
 setup: $(STAMP)
 
@@ -51,6 +51,9 @@ bench-gate: setup
 
 bench-serve: setup
 	$(BIN)/python benchmarks/serve.py
+
+faults: setup
+	$(BIN)/python benchmarks/faults.py
 
 clean-home:
 	rm -rf $(PLASTER_HOME)
