@@ -20,7 +20,8 @@ from orchestrator.artifacts import (Checkpoint, EngineSet, OnnxModel, Promotion,
                                     to_dict)
 from orchestrator.config import Pipeline
 from orchestrator.context import StageContext
-from orchestrator.errors import CandidateRejected, ChampionMoved, Interrupted, PlasterError, ResumeError
+from orchestrator.errors import (CandidateRejected, ChampionMoved, Interrupted, PlasterError, RegistryError,
+                                 ResumeError)
 from orchestrator.storage import for_pipeline as storage_for
 from orchestrator.workspace import Workspace
 
@@ -47,6 +48,18 @@ def _call(name: str, ctx: StageContext, o: dict[str, Any]) -> Any:
     return promote.run(ctx, o["ingest"], o["train"], o["export"], o["build"], o["validate"])
 
 
+def _from_registry(e: Exception) -> bool:
+    return type(e).__module__.split(".")[0] in ("mlflow", "requests", "urllib3")
+
+
+def registry_down(e: Exception, tracking_uri: str, folder) -> RegistryError:
+    """An MLflow or HTTP error as the error a user can act on: where the registry is and how to go on."""
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    return RegistryError(f"the MLflow registry at {tracking_uri} failed ({type(e).__name__}: {first}); "
+                         f"start it again or fix MLFLOW_TRACKING_URI, then `plaster run {folder} --resume` "
+                         "continues from the last finished stage")
+
+
 class Cycle:
     def __init__(self, ws: Workspace, pipeline: Pipeline, registry, record: dict[str, Any],
                  say: Callable[[str], None] = lambda m: None):
@@ -63,7 +76,12 @@ class Cycle:
                 old["state"] = records.ABANDONED  # a fresh run supersedes it; its files stay for inspection
                 records.save(ws, old)
         cycle_id = records.new_id()
-        run_id = registry.start_cycle_run(pipeline.name, cycle_id, {"plaster.trigger": trigger})
+        try:
+            run_id = registry.start_cycle_run(pipeline.name, cycle_id, {"plaster.trigger": trigger})
+        except Exception as e:
+            if _from_registry(e):
+                raise registry_down(e, getattr(registry, "tracking_uri", ""), pipeline.folder) from None
+            raise
         rec = {
             "id": cycle_id, "pipeline": pipeline.name, "state": records.RUNNING, "trigger": trigger,
             "started_at": time.time(), "decided_at": None, "decision": None, "reasons": [],
@@ -84,7 +102,12 @@ class Cycle:
             raise ResumeError(f"no unfinished cycle of '{pipeline.name}' to resume; start one with "
                               f"`plaster run {pipeline.folder}`")
         rec["state"], rec["error"], rec["resumes"] = records.RUNNING, None, rec.get("resumes", 0) + 1
-        registry.reopen_run(rec["run_id"])
+        try:
+            registry.reopen_run(rec["run_id"])
+        except Exception as e:
+            if _from_registry(e):
+                raise registry_down(e, getattr(registry, "tracking_uri", ""), pipeline.folder) from None
+            raise
         records.save(ws, rec)
         return cls(ws, pipeline, registry, rec, say)
 
@@ -159,8 +182,11 @@ class Cycle:
                                            "output": to_dict(out)}
             if name == "ingest":
                 self.record["quarantined"] = [to_dict(q) for q in out.quarantined]
-            self.registry.log_metrics(self.record["run_id"], {f"stage_{name}_s": seconds})
-            self._persist()
+            self._persist()  # first: the stage's output is kept even if the registry is down now
+            try:
+                self.registry.log_metrics(self.record["run_id"], {f"stage_{name}_s": seconds})
+            except Exception as e:
+                return self._fail(name, e)
             self.say(f"  {name} done in {seconds:.1f}s")
             if os.environ.get("PLASTER_CRASH_AFTER") == name:  # test hook: a real crash between stages
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -198,10 +224,15 @@ class Cycle:
             self.ctx.log.warning("could not publish the scorecard to MLflow: %s", e)
 
     def _fail(self, stage: str, e: Exception) -> NoReturn:
+        if not isinstance(e, PlasterError) and _from_registry(e):
+            e = registry_down(e, self.record.get("tracking_uri", ""), self.pipeline.folder)
         self.record["state"] = records.FAILED
         self.record["error"] = {"stage": stage, "type": type(e).__name__, "message": str(e)}
         self._persist()
-        self.registry.end_run(self.record["run_id"], "FAILED")
+        try:
+            self.registry.end_run(self.record["run_id"], "FAILED")
+        except Exception as end:  # the registry may be what failed; the local record says FAILED
+            self.ctx.log.warning("could not mark the MLflow run failed: %s", end)
         if isinstance(e, PlasterError):
             raise e
         raise PlasterError(f"stage {stage} failed: {type(e).__name__}: {e}. "
@@ -221,10 +252,19 @@ class Cycle:
         metrics = {"cycle_time_s": rec["cycle_time_s"]}
         if rec["data_to_live_s"] is not None:
             metrics["data_to_live_s"] = rec["data_to_live_s"]
-        self.registry.log_metrics(rec["run_id"], metrics)
-        self.registry.set_tags(rec["run_id"], {"plaster.decision": decision, "plaster.reasons": "; ".join(reasons)[:5000]})
-        if "validate" in outputs:
-            self._publish_scorecard(outputs["validate"])
-        self._persist()
-        self.registry.end_run(rec["run_id"], "FINISHED")
+        self._persist()  # the decision is made (and any alias moved): keep it whatever MLflow does next
+        try:
+            self.registry.log_metrics(rec["run_id"], metrics)
+            self.registry.set_tags(rec["run_id"], {"plaster.decision": decision,
+                                                   "plaster.reasons": "; ".join(reasons)[:5000]})
+            if "validate" in outputs:
+                self._publish_scorecard(outputs["validate"])
+            self._persist()
+            self.registry.end_run(rec["run_id"], "FINISHED")
+        except Exception as e:  # only the run's mirror of the decision is missing; the record has it
+            if not _from_registry(e):
+                raise
+            rec["mirror_error"] = str(registry_down(e, rec.get("tracking_uri", ""), self.pipeline.folder))
+            records.save(self.ws, rec)
+            self.ctx.log.warning("the decision is recorded, but not on its MLflow run: %s", rec["mirror_error"])
         return rec

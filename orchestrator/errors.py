@@ -47,6 +47,10 @@ class RegistryError(PlasterError):
     """MLflow refused an operation or a registered version failed its load test."""
 
 
+class StorageError(PlasterError):
+    """PLASTER_HOME or storage.uri cannot be written."""
+
+
 class CycleLockedError(PlasterError):
     """Another cycle of the same pipeline holds the lock."""
 

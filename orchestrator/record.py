@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import secrets
-from orchestrator.errors import CycleLockedError, Interrupted
+from orchestrator.errors import CycleLockedError, Interrupted, StorageError
 from orchestrator.workspace import Workspace
 
 RUNNING, DECIDED, FAILED, ABANDONED = "running", "decided", "failed", "abandoned"
@@ -75,8 +75,13 @@ class PipelineLock:
     def acquire(self, wait: bool = False, holder: str = "", stop=None) -> None:
         """Take the lock, or raise CycleLockedError; with `wait`, poll until it is free, or
         until `stop` (a threading.Event) is set: then raise Interrupted."""
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # the first write of a cycle: say which setting points there
+            raise StorageError(f"cannot write {self.file} ({e.strerror}): PLASTER_HOME "
+                                    f"({self.file.parents[1]}) must be writable; fix its permissions or mount, "
+                                    "or point PLASTER_HOME elsewhere") from None
         try:
             # Polled rather than a blocking flock: SIGTERM must be able to end the wait.
             while True:

@@ -78,6 +78,10 @@ def parse_inputs(body: bytes, shape: tuple[int, ...], max_batch: int) -> np.ndar
         cells = np.array(inputs, dtype=object)
     except ValueError:  # numpy refuses some ragged nestings even as objects
         raise BadInput(422, ragged) from None
+    except RuntimeError:  # nested deeper than numpy's 32 dimensions
+        raise BadInput(422, f'"inputs" is nested too deep: send {want}') from None
+    if cells.ndim > len(shape) + 1:  # before .flat, which numpy refuses beyond 32 dimensions
+        raise BadInput(422, f'"inputs" is nested deeper than {len(shape) + 1} lists; expected {want}')
     # bool is not a number here, though Python counts it as an int: compare exact types.
     kinds = {type(v).__name__ for v in cells.flat} - {"int", "float"}
     if "list" in kinds:
@@ -347,7 +351,7 @@ def start(folder, port: int = 8000, host: str = "127.0.0.1", poll_s: float = 1.0
     from orchestrator.workspace import Workspace
 
     ws = Workspace.from_env()
-    pipeline = load_pipeline(folder)
+    pipeline = load_pipeline(folder, check=False)  # serving runs the engine, never model.py
     registry = registry_for(ws)
     version = registry.alias(pipeline.name, "champion")
     if version is None:

@@ -20,7 +20,13 @@ class Workspace:
     @classmethod
     def from_env(cls) -> "Workspace":
         home = Path(os.environ.get("PLASTER_HOME", ".plaster")).expanduser().resolve()
-        home.mkdir(parents=True, exist_ok=True)
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from orchestrator.errors import ConfigError
+
+            raise ConfigError(f"PLASTER_HOME {home} cannot be created ({e.strerror}): point PLASTER_HOME at a "
+                              "folder plaster may write, or create it") from None
         # Pipelines refer to ${PLASTER_HOME}; make it expand to the same place in every process.
         os.environ["PLASTER_HOME"] = str(home)
         secrets.install()  # from here on no log record of this process carries a password (idempotent)

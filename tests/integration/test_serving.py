@@ -162,6 +162,7 @@ def test_serves_the_champion_with_the_engine_validation_measured(served):
     ({"json": {"inputs": np.full((1, 8, 8), "x").tolist()}}, 422, "only numbers, found str"),
     ({"json": {"inputs": np.full((1, 8, 8), True).tolist()}}, 422, "only numbers, found bool"),
     ({"json": {"inputs": [np.zeros((1, 8, 8)).tolist(), [[0.0] * 3]]}}, 422, "ragged"),
+    ({"data": b'{"inputs": ' + b"[" * 200 + b"1" + b"]" * 200 + b"}"}, 422, "nested deeper than 4"),
     ({"json": {"inputs": np.zeros((257, 1, 8, 8)).tolist()}}, 413, "at most 256"),
     ({"data": b"[" * (9 << 20)}, 413, "bytes"),
 ])
