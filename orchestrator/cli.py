@@ -298,8 +298,19 @@ def serve(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.y
 
 
 @app.command("validate-config")
-def validate_config(pipeline: Path):
+def validate_config(pipeline: Optional[Path] = typer.Argument(None, help="pipeline folder to check"),
+                    reference: bool = typer.Option(False, "--reference",
+                                                   help="print every pipeline.yaml key with its default instead")):
     """Check pipeline.yaml and model.py; report every error at once."""
+    if reference:
+        from orchestrator import reference as ref
+
+        print(ref.text(), end="")
+        return
+    if pipeline is None:
+        err.print("[red]error:[/] name a pipeline folder (`plaster validate-config pipelines/digits`), "
+                  "or pass --reference")
+        raise typer.Exit(2)
     from orchestrator.config import load_pipeline
 
     p = _guard(lambda: load_pipeline(pipeline))

@@ -27,7 +27,7 @@ class _Strict(BaseModel):
 
 
 class FeaturesConfig(_Strict):
-    column: str = "features"
+    column: str = Field("features", description="a list<float> column, one example per row")
     shape: tuple[int, ...] = Field(description="shape of one example, e.g. [1, 8, 8]")
     dtype: Literal["float32"] = "float32"
 
@@ -40,8 +40,8 @@ class FeaturesConfig(_Strict):
 
 
 class LabelConfig(_Strict):
-    column: str = "label"
-    num_classes: int = Field(ge=2)
+    column: str = Field("label", description="integer class ids 0 .. num_classes-1")
+    num_classes: int = Field(ge=2, description="the model's outputs: one logit per class")
 
 
 class DataConfig(_Strict):
@@ -53,20 +53,24 @@ class DataConfig(_Strict):
 
 
 class IngestConfig(_Strict):
-    min_new_rows: int = Field(200, ge=1)
-    holdout_fraction: float = Field(0.2, gt=0, lt=1)
-    replay_fraction: float = Field(0.5, ge=0)
-    seed: int = 0
+    min_new_rows: int = Field(200, ge=1, description="fewer new rows: the cycle is SKIPPED with the reason")
+    holdout_fraction: float = Field(0.2, gt=0, lt=1, description="of the new rows, held out of training to judge on "
+                                                                  "(the 'new' slice)")
+    replay_fraction: float = Field(0.5, ge=0, description="older rows replayed into training, as a fraction of the "
+                                                          "new training rows")
+    seed: int = Field(0, description="of the holdout split and the replay draw")
 
 
 class TrainConfig(_Strict):
     workers: int | Literal["auto"] = Field(
-        2, description="Ray Train workers; auto = one per GPU on the cluster (the CPU default of 2 without GPUs)")
-    use_gpu: bool | Literal["auto"] = "auto"
+        "auto", description="Ray Train workers (gloo on CPU, NCCL on GPU); auto = one per GPU, else one per node, "
+                            "and small compute or one machine without GPUs trains in this process "
+                            "(train.in_process_below_s)")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="auto = if the Ray cluster has GPUs")
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    warm_start: bool = True
+    batch_size: int = Field(64, ge=1, description="per worker")
+    lr: float = Field(1e-3, gt=0, description="Adam's learning rate")
+    warm_start: bool = Field(True, description="start from the champion's weights")
     warm_start_epochs: int | None = Field(
         None, ge=1, description="epochs of a cycle that warm-starts from the champion: fine-tuning needs fewer than "
                                 "training anew (benchmarks/warm_start.py measures how many); null: train.epochs")
@@ -88,15 +92,18 @@ class TrainConfig(_Strict):
 
 
 class ExportConfig(_Strict):
-    opset: int | None = None
-    parity_atol: float = Field(1e-4, gt=0)
+    opset: int | None = Field(None, description="ONNX opset; null: the exporter's default")
+    parity_atol: float = Field(1e-4, gt=0, description="max |torch - ONNX| on holdout inputs, else REJECTED with "
+                                                      "the figure")
 
 
 class BuildConfig(_Strict):
-    precisions: tuple[Precision, ...] = ("fp32", "fp16", "int8")
-    backends: tuple[Literal["onnxruntime", "tensorrt"], ...] = ("onnxruntime", "tensorrt")
-    calibration_samples: int = Field(256, ge=8)
-    max_batch: int = Field(256, ge=1)
+    precisions: tuple[Precision, ...] = Field(("fp32", "fp16", "int8"), description="ONNX variants: as exported, "
+                                                                                   "mixed FP16, INT8 Q/DQ")
+    backends: tuple[Literal["onnxruntime", "tensorrt"], ...] = Field(
+        ("onnxruntime", "tensorrt"), description="a backend that cannot run here is skipped with its reason")
+    calibration_samples: int = Field(256, ge=8, description="training rows that calibrate INT8")
+    max_batch: int = Field(256, ge=1, description="largest batch an engine is built for and serving accepts")
     parallel: bool | Literal["auto"] = Field(
         "auto", description="build engines as parallel Ray tasks; auto = for backends whose builds are slow (TensorRT)")
     serving_gpu: str | None = Field(
@@ -116,7 +123,7 @@ class ValidateConfig(_Strict):
     throughput_batches: tuple[int, ...] = Field((1, 8, 32, 128, 512), min_length=1,
                                                 description="the batch-size sweep for throughput within the SLA")
     rounds: int = Field(30, ge=6, description="interleaved A/B rounds per engine (>= 6 for a 95% CI of the ratio)")
-    calls_per_round: int = Field(10, ge=1)
+    calls_per_round: int = Field(10, ge=1, description="timed calls per engine in each round")
     warmup: int = Field(20, ge=0, description="untimed calls per engine first")
     energy_seconds: float = Field(1.0, gt=0, description="length of the energy run where a counter exists")
     max_precision_drop: float = Field(0.01, ge=0, description="accuracy a lower precision may lose vs FP32")
@@ -195,8 +202,8 @@ class StorageConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    name: str
-    description: str = ""
+    name: str = Field(description="also the registered model's name in MLflow")
+    description: str = Field("", description="shown with the registered model")
     data: DataConfig
     ingest: IngestConfig = IngestConfig()
     train: TrainConfig = TrainConfig()
@@ -204,7 +211,8 @@ class PipelineConfig(_Strict):
     build: BuildConfig = BuildConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     gate: GateConfig = GateConfig()
-    promotion: Literal["auto", "manual"] = "auto"
+    promotion: Literal["auto", "manual"] = Field(
+        "auto", description="manual: a passing candidate is HELD as challenger; `plaster approve` promotes it")
     schedule: ScheduleConfig = ScheduleConfig()
     storage: StorageConfig = StorageConfig()
 
