@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, StorageError
 
 _REMOTE = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://", "abfss://")
 
@@ -89,10 +89,15 @@ class Storage:
             return False
         fs = self._open()
         dest = self._path(rel)
-        fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
-        with open(local, "rb") as src, fs.open_output_stream(dest) as out:
-            while chunk := src.read(1 << 22):
-                out.write(chunk)
+        try:
+            fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+            with open(local, "rb") as src, fs.open_output_stream(dest) as out:
+                while chunk := src.read(1 << 22):
+                    out.write(chunk)
+        except OSError as e:  # pyarrow's filesystem errors are OSErrors too
+            raise StorageError(f"cannot write {self.describe(rel)} ({e}): storage.uri (or PLASTER_STORAGE_URI) "
+                               "must be writable: fix its permissions, mount or credentials, or point it "
+                               "elsewhere") from None
         self._sent[rel] = stamp
         return True
 
