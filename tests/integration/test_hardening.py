@@ -223,14 +223,18 @@ def test_run_stops_within_seconds_of_sigterm_mid_training_and_resumes(home, digi
     assert len(client.search_model_versions("name='digits'")) == 1
 
 
-def test_schedule_stops_within_seconds_of_sigterm_mid_training(home, digits):
+def test_schedule_listens_on_loopback_only_and_stops_within_seconds_of_sigterm_mid_training(home, digits):
     # Ray Train's two workers this time: the daemon stops waiting for its fit at once
     set_yaml(digits, "train", "train: {workers: 2, epochs: 3000, lr: 0.002}")
     set_yaml(digits, "schedule", "schedule: {poll_seconds: 1}")
     api.simulate(digits, shards=4)
     ws = Workspace.from_env()
-    proc = plaster("schedule", str(digits), "--metrics-port", "0")
-    code, stopped_s, out = _sigterm_mid_training(proc, ws, "plaster schedule")
+    metrics = _free_port()
+    proc = plaster("schedule", str(digits), "--metrics-port", str(metrics))
+    with Listeners(proc.pid) as seen:  # the daemon's Ray, its Ray Train workers and the metrics endpoint
+        code, stopped_s, out = _sigterm_mid_training(proc, ws, "plaster schedule")
+    assert ("127.0.0.1", metrics) in seen.seen, sorted(seen.seen)
+    assert seen.exposed() == {}, f"reachable from the network: {seen.exposed()}"
     assert code == 0 and "stopped in" in out, out[-2000:]
     assert stopped_s < 20, (stopped_s, out[-2000:])
     rec = records.load_all(ws, "digits")[-1]
