@@ -555,6 +555,15 @@ def _runs_again(s: Suite, h: Home, case: Case, env: dict | None = None, resume: 
     return []
 
 
+def _settle(s: Suite, h: Home, case: Case, problems: list[str], t0: float, ok: str) -> None:
+    """After an unwritable-storage case: the pipeline must run again once restored; then score it."""
+    problems += _runs_again(s, h, case)
+    case.survived = not problems
+    case.note = "; ".join(problems) or f"{ok}; restored: " + case.detail.get("restored", "?")
+    h.charge(case)
+    s.done(case, t0)
+
+
 def storage_unwritable(s: Suite) -> None:
     base = s.tmp / "storage"
     base.mkdir()
@@ -576,11 +585,7 @@ def storage_unwritable(s: Suite) -> None:
     blocker.unlink()
     blocker.mkdir()
     staging.path.rename(h.path)  # no MLflow state in it yet: safe to move
-    problems += _runs_again(s, h, case)
-    case.survived, case.note = not problems, "; ".join(problems) or "exit 1 naming PLASTER_HOME; restored: " \
-        + case.detail.get("restored", "?")
-    h.charge(case)
-    s.done(case, t0)
+    _settle(s, h, case, problems, t0, "exit 1 naming PLASTER_HOME")
 
     # (b) PLASTER_HOME read-only, with a champion and a new shard waiting.
     t0 = time.time()
@@ -593,11 +598,7 @@ def storage_unwritable(s: Suite) -> None:
     problems = _refused(case, out, ("PLASTER_HOME", str(h.path)))
     if tree(h.path) != before:
         problems.append("PLASTER_HOME changed although it was read-only")
-    problems += _runs_again(s, h, case)
-    case.survived, case.note = not problems, "; ".join(problems) or "exit 1 naming PLASTER_HOME; restored: " \
-        + case.detail.get("restored", "?")
-    h.charge(case)
-    s.done(case, t0)
+    _settle(s, h, case, problems, t0, "exit 1 naming PLASTER_HOME")
 
     # (c) storage.uri (here PLASTER_STORAGE_URI) unwritable: the durable copy cannot be made.
     t0 = time.time()
