@@ -219,7 +219,8 @@ def test_run_stops_within_seconds_of_sigterm_mid_training_and_resumes(home, digi
     assert done["id"] == rec["id"] and done["stages"]["train"]["output"]["resumed_from_epoch"] > 0
     from mlflow import MlflowClient
 
-    client = MlflowClient(ws.tracking_uri)
+    # registry_uri too: an earlier test's MlflowRegistry left mlflow's global registry URI at its own store
+    client = MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
     assert len(client.search_model_versions("name='digits'")) == 1
 
 
