@@ -98,7 +98,7 @@ def gate(folder: str | Path, candidate: str | None = None, registry=None,
     from orchestrator import scorecard
     from orchestrator.artifacts import Variant, sha256_file, to_dict
     from orchestrator.context import StageContext
-    from orchestrator.dataset import load_arrays, read_shard
+    from orchestrator.dataset import ShardInvalid, load_arrays, read_shard
     from orchestrator.errors import GateError
     from orchestrator.stages import build, validate
     from orchestrator.storage import for_pipeline as storage_for
@@ -121,8 +121,8 @@ def gate(folder: str | Path, candidate: str | None = None, registry=None,
         slices["new"] = load_arrays(holdout)
     for s, path in pipeline.slice_files.items():
         try:
-            slices[s] = read_shard(path, pipeline.config.data)
-        except (OSError, ValueError) as e:
+            slices[s] = read_shard(path, pipeline.inputs, pipeline.target)
+        except (OSError, ValueError, ShardInvalid) as e:
             raise GateError(f"holdout slice '{s}' at {path} is unreadable ({e}): fix data.golden / data.slices "
                             f"or run `plaster simulate {folder}` for a reference pipeline") from None
     if not slices:
@@ -243,7 +243,9 @@ def history(folder: str | Path, last: int = 50) -> dict[str, Any]:
     cycles = []
     for r in records.load_all(ws, pipeline.name)[-last:]:
         sc = r["stages"].get("validate", {}).get("output")
-        new = next((d for d in (sc.get("comparison") or {}).get("accuracy", []) if d["slice"] == "new"), None) if sc else None
+        metric = sc["chosen"].get("metric", "accuracy") if sc else "accuracy"
+        new = next((d for d in (sc.get("comparison") or {}).get("accuracy", [])
+                    if d["slice"] == "new" and d.get("metric", "accuracy") == metric), None) if sc else None
         cand_new = sc["chosen"]["accuracy"].get("new", {}).get("value") if sc else None
         cycles.append({
             "id": r["id"], "started_at": r["started_at"], "decided_at": r["decided_at"], "state": r["state"],
@@ -251,6 +253,7 @@ def history(folder: str | Path, last: int = 50) -> dict[str, Any]:
             "champion_before": r["champion_before"], "data_to_live_s": r["data_to_live_s"],
             "cycle_time_s": r["cycle_time_s"], "stage_seconds": {n: s["seconds"] for n, s in r["stages"].items()},
             "new_accuracy_champion": new["champion"] if new else None, "new_accuracy_candidate": cand_new,
+            "metric": metric,
             "new_rows": sum(s["rows"] for s in r["stages"].get("ingest", {}).get("output", {}).get("new_shards", [])),
             "alias_moves": [m for m in moves if m.get("cycle_id") == r["id"]],
         })

@@ -68,6 +68,7 @@ class Snapshot:
     champion: VersionRef | None
     skip_reason: str | None = None
     slices: dict[str, str] = field(default_factory=dict)  # fixed holdout slices (golden, data.slices) -> npz
+    validation_file: str | None = None  # npz: new training rows set aside for early stopping
 
     @property
     def oldest_arrival(self) -> float | None:
@@ -90,14 +91,19 @@ class Checkpoint:
     workers_reason: str = ""
     placement: str = "ray_train"  # or "in_process": see train.in_process_below_s
     lr: float | None = None  # the learning rate trained with (train.warm_start_lr when warm-started)
+    mixed_precision: str = "off"  # what autocast did, and why
+    hooks: tuple[str, ...] = ()  # model.py hooks the loop called
+    stopped_early: bool = False  # early stopping ended training before train.epochs
+    best_epoch: int | None = None  # with early stopping: the epoch whose weights were kept
 
 
 @dataclass(frozen=True)
 class OnnxModel:
     path: str
     sha256: str
-    input_name: str
+    input_name: str  # the first input's (the only one, for one input)
     parity_max_abs_diff: float
+    input_names: tuple[str, ...] = ()  # every ONNX input, in the graph's order
 
 
 @dataclass(frozen=True)
@@ -159,12 +165,14 @@ class ThroughputAt:
 class EngineScore:
     backend: str
     precision: str
-    accuracy: dict[str, Figure]  # slice -> accuracy with a Wilson interval
+    accuracy: dict[str, Figure]  # slice -> the task's main metric (`metric`; accuracy has a Wilson interval)
     latency: tuple[LatencyAt, ...]  # one per validate.latency_batches
     throughput: Figure  # PLASTER's T: the most samples/s whose p99 meets the SLA
     sweep: tuple[ThroughputAt, ...]  # the batch-size sweep it came from
     energy_j_per_1k: Figure  # value None when there is no counter; note says why
     size_bytes: int
+    metric: str = "accuracy"  # what `accuracy` holds: the task's main metric
+    metrics: dict[str, dict[str, Figure]] = field(default_factory=dict)  # every metric of the task -> slice -> figure
 
     @property
     def p50_ms(self) -> float:
@@ -174,7 +182,8 @@ class EngineScore:
 
 @dataclass(frozen=True)
 class AccuracyDiff:
-    """Candidate minus champion accuracy on one slice, paired on identical examples."""
+    """Candidate minus champion on one slice and one of the task's metrics (accuracy, mae,
+    rmse, micro_f1), paired on identical examples."""
 
     slice: str
     n: int
@@ -182,9 +191,11 @@ class AccuracyDiff:
     champion: float
     diff: float
     ci: tuple[float, float]  # paired bootstrap
-    candidate_only: int  # McNemar's b: examples only the candidate gets right
-    champion_only: int  # McNemar's c
-    mcnemar_p: float  # exact, two-sided
+    candidate_only: int | None = None  # accuracy: McNemar's b, examples only the candidate gets right
+    champion_only: int | None = None  # McNemar's c
+    mcnemar_p: float | None = None  # exact, two-sided
+    metric: str = "accuracy"
+    higher_is_better: bool = True
 
 
 @dataclass(frozen=True)

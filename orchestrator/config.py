@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import ConfigError
 
@@ -44,12 +44,63 @@ class LabelConfig(_Strict):
     num_classes: int = Field(ge=2, description="the model's outputs: one logit per class")
 
 
+class InputConfig(_Strict):
+    """One named model input: scalar columns stacked into a float vector, or one list column."""
+
+    columns: tuple[str, ...] | None = Field(None, min_length=1, description="numeric columns stacked into a "
+                                                                           "float32 vector (tabular data)")
+    column: str | None = Field(None, description="a list column holding one example per row")
+    shape: tuple[int, ...] | None = Field(None, description="with column: the shape of one example, e.g. [32]")
+    dtype: Literal["float32", "int64"] = Field("float32", description="with column: int64 for token or category ids")
+    vocab_size: int | None = Field(None, ge=1, description="int64 ids must lie in 0 .. vocab_size-1")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "InputConfig":
+        if (self.columns is None) == (self.column is None):
+            raise ValueError("give either columns: [a, b, ...] (scalar columns) or column: + shape: (a list column)")
+        if self.columns is not None and (self.shape is not None or self.dtype != "float32" or self.vocab_size):
+            raise ValueError("columns: stacks numeric columns into a float32 vector; shape, dtype and vocab_size "
+                             "belong to a list column (column:)")
+        if self.column is not None:
+            if not self.shape or any(d <= 0 for d in self.shape):
+                raise ValueError("column: needs shape:, every dimension a positive integer, e.g. [32]")
+            if self.dtype == "int64" and self.vocab_size is None:
+                raise ValueError("an int64 input needs vocab_size: ids outside 0 .. vocab_size-1 are refused")
+            if self.dtype == "float32" and self.vocab_size is not None:
+                raise ValueError("vocab_size is for int64 ids; drop it or set dtype: int64")
+        return self
+
+
+class TargetConfig(_Strict):
+    """What the model learns to predict; its form follows `task`."""
+
+    column: str | None = Field(None, description="classification: integer class ids; regression: one float column; "
+                                                 "multilabel: a list of 0/1 per row")
+    columns: tuple[str, ...] | None = Field(None, min_length=1, description="regression: several float targets")
+    num_classes: int | None = Field(None, ge=2, description="classification: one logit per class")
+    num_labels: int | None = Field(None, ge=1, description="multilabel: the width of each row's 0/1 list")
+
+
 class DataConfig(_Strict):
     source: str = Field(description="folder of Parquet shards; ${PLASTER_HOME} and env vars expand")
     golden: str | None = Field(None, description="Parquet file: fixed holdout of the original distribution")
     slices: dict[str, str] = Field(default_factory=dict, description="more named holdout Parquet files to judge on")
-    features: FeaturesConfig
-    label: LabelConfig
+    inputs: dict[str, InputConfig] | None = Field(None, min_length=1, description="named model inputs, in the order "
+                                                                                 "the ONNX graph takes them")
+    target: TargetConfig | None = Field(None, description="what to predict (with task)")
+    features: FeaturesConfig | None = Field(None, description="one unnamed input (the short form of inputs)")
+    label: LabelConfig | None = Field(None, description="class ids (the short form of target, for classification)")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "DataConfig":
+        if (self.inputs is None) == (self.features is None):
+            raise ValueError("give either inputs: {name: {...}} or features: {column, shape} (one unnamed input)")
+        if (self.target is None) == (self.label is None):
+            raise ValueError("give either target: {column, ...} or label: {column, num_classes} (class ids)")
+        for name in self.inputs or {}:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"input name {name!r}: use a Python identifier (forward takes it by name)")
+        return self
 
 
 class IngestConfig(_Strict):
@@ -82,6 +133,15 @@ class TrainConfig(_Strict):
         30.0, ge=0, description="with workers: auto, train in the driver process when the estimated compute is "
                                 "below this many seconds (Ray Train's worker group costs ~20 s to start and stop); "
                                 "null: always Ray Train")
+
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after this many epochs without a lower validation loss and keep the best "
+                                "epoch's weights; null: train every epoch")
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="with early stopping: of the new training rows "
+                                                                   "(never the gate's holdout), held out to stop on")
+    grad_clip_norm: float | None = Field(None, gt=0, description="clip the gradients' total norm to this; null: off")
+    mixed_precision: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="autocast on a GPU (auto: bf16 where the GPU supports it, else fp16); on a CPU always off")
 
     @field_validator("workers")
     @classmethod
@@ -137,21 +197,30 @@ class ValidateConfig(_Strict):
 
 
 # Rules a gate can apply; `required` names them (the part before any '.' or '@').
-RULES = ("accuracy_min", "non_inferiority", "superiority", "latency_p99_ms_max", "latency_ratio_max",
-         "throughput_min", "size_bytes_max", "energy_j_per_1k_max")
+RULES = ("accuracy_min", "metric_min", "metric_max", "non_inferiority", "superiority", "latency_p99_ms_max",
+         "latency_ratio_max", "throughput_min", "size_bytes_max", "energy_j_per_1k_max")
 
 
 class GateConfig(_Strict):
-    """Each rule's semantics is fixed and documented; the gate never guesses."""
+    """Each rule's semantics is fixed and documented; the gate never guesses. Metrics are the
+    task's: accuracy (classification), mae and rmse (regression), micro_f1 (multilabel)."""
 
     confidence: float = Field(0.95, gt=0.5, lt=1, description="two-sided confidence of every interval")
-    accuracy_min: dict[str, float] = Field(default_factory=lambda: {"golden": 0.8, "new": 0.8},
-                                           description="slice -> the candidate's accuracy (point estimate) >= this")
-    non_inferiority: dict[str, float] = Field(
-        default_factory=lambda: {"golden": 0.05, "new": 0.02},
-        description="slice -> margin: the CI's lower bound of candidate - champion accuracy >= -margin",
-    )
-    superiority: tuple[str, ...] = Field((), description="slices where the CI's lower bound of candidate - champion > 0")
+    accuracy_min: dict[str, float] | None = Field(
+        None, description="slice -> the candidate's accuracy (point estimate) >= this; classification only; "
+                          "null: {golden: 0.8, new: 0.8} for classification")
+    metric_min: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="slice -> {metric: bound}: a higher-is-better metric (accuracy, "
+                                          "micro_f1) of the candidate >= bound")
+    metric_max: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="slice -> {metric: bound}: a lower-is-better metric (mae, rmse) of the "
+                                          "candidate <= bound")
+    non_inferiority: dict[str, float | dict[str, float]] | None = Field(
+        None, description="slice -> margin in the task's main metric (or slice -> {metric: margin}): the CI of "
+                          "candidate - champion may not be worse than the margin; null: {golden: 0.05, new: 0.02} "
+                          "for classification and multilabel, none for regression (its units are the data's)")
+    superiority: tuple[str, ...] | dict[str, tuple[str, ...]] = Field(
+        (), description="slices (or slice -> [metrics]) where the whole CI of candidate - champion is better")
     latency_p99_ms_max: float | None = Field(10.0, gt=0, description="the SLA: p99 at every latency batch <= this")
     latency_ratio_max: float | None = Field(
         1.10, gt=0, description="candidate/champion p50 at every latency batch: FAIL when the CI's lower bound > this",
@@ -204,6 +273,8 @@ class StorageConfig(_Strict):
 class PipelineConfig(_Strict):
     name: str = Field(description="also the registered model's name in MLflow")
     description: str = Field("", description="shown with the registered model")
+    task: Literal["classification", "regression", "multilabel"] = Field(
+        "classification", description="what the model predicts; it brings the metrics, loss and paired statistics")
     data: DataConfig
     ingest: IngestConfig = IngestConfig()
     train: TrainConfig = TrainConfig()
@@ -234,6 +305,31 @@ class Pipeline:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def inputs(self):
+        """The model inputs, resolved (door.InputSpec): data.inputs, or features as one named "input"."""
+        from orchestrator.door import inputs_of
+
+        return inputs_of(self.config.data)
+
+    @property
+    def target(self):
+        from orchestrator.door import target_of
+
+        return target_of(self.config.data, self.config.task)
+
+    @property
+    def task(self):
+        from orchestrator.tasks import task_for
+
+        return task_for(self.config.task)
+
+    def hooks(self):
+        """model.py's training hooks (door.Hooks), checked."""
+        from orchestrator.door import check_model
+
+        return check_model(self)
 
     @property
     def model_file(self) -> Path:
@@ -290,11 +386,60 @@ def _slice_errors(raw: dict) -> list[str]:
         return []
     known = {"new", "golden", *(data.get("slices") or {})}
     out = []
-    for key in ("accuracy_min", "non_inferiority", "superiority"):
+    for key in ("accuracy_min", "metric_min", "metric_max", "non_inferiority", "superiority"):
         for name in gate.get(key) or ():
             if name not in known:
                 out.append(f"  - gate.{key}: unknown slice {name!r}; use one of {', '.join(sorted(known))} "
                            "(name more slices under data.slices)")
+    return out
+
+
+def _task_errors(config: PipelineConfig) -> list[str]:
+    """The target's form and the gate's metrics against the task, every error at once."""
+    from orchestrator.tasks import task_for
+
+    task, data, gate = task_for(config.task), config.data, config.gate
+    out = []
+    t = data.target
+    if data.label is not None and config.task != "classification":
+        out.append(f"  - data.label: is for class ids; task {config.task} needs data.target")
+    if t is not None:
+        need = {"classification": ("column", "num_classes"), "multilabel": ("column", "num_labels"),
+                "regression": ()}[config.task]
+        for k in need:
+            if getattr(t, k) is None:
+                out.append(f"  - data.target.{k}: task {config.task} needs it")
+        extra = {"classification": ("columns", "num_labels"), "multilabel": ("columns", "num_classes"),
+                 "regression": ("num_classes", "num_labels")}[config.task]
+        for k in extra:
+            if getattr(t, k) is not None:
+                out.append(f"  - data.target.{k}: not used by task {config.task}; remove it")
+        if config.task == "regression" and (t.column is None) == (t.columns is None):
+            out.append("  - data.target: task regression needs column: (one float target) or columns: [...] "
+                       "(several), not both")
+    for key, want_higher in (("metric_min", True), ("metric_max", False)):
+        for sl, metrics in getattr(gate, key).items():
+            for m in metrics:
+                if m not in task.metrics:
+                    out.append(f"  - gate.{key}.{sl}.{m}: task {config.task} measures {', '.join(task.metrics)}")
+                elif task.metrics[m] != want_higher:
+                    other = "metric_max" if want_higher else "metric_min"
+                    out.append(f"  - gate.{key}.{sl}.{m}: {m} is {'lower' if want_higher else 'higher'}-is-better; "
+                               f"bound it with gate.{other}")
+    margins = gate.non_inferiority or {}
+    for sl, v in margins.items():
+        for m in (v if isinstance(v, dict) else {}):
+            if m not in task.metrics:
+                out.append(f"  - gate.non_inferiority.{sl}.{m}: task {config.task} measures {', '.join(task.metrics)}")
+    if isinstance(gate.superiority, dict):
+        for sl, ms in gate.superiority.items():
+            for m in ms:
+                if m not in task.metrics:
+                    out.append(f"  - gate.superiority.{sl}: {m!r}: task {config.task} measures "
+                               f"{', '.join(task.metrics)}")
+    if gate.accuracy_min and config.task != "classification":
+        out.append(f"  - gate.accuracy_min: accuracy is a classification metric; use gate.metric_min or "
+                   f"gate.metric_max with {', '.join(task.metrics)}")
     return out
 
 
@@ -329,70 +474,11 @@ def _unset_variables(config: PipelineConfig) -> list[str]:
     return out
 
 
-_CHECKED: dict[tuple, None] = {}  # model files whose contract already held, by content and declared shapes
-
-
 def check_model(pipeline: Pipeline) -> None:
-    """The door, checked at load time: model.py imports, `build_model()` takes no arguments and
-    returns a torch.nn.Module, and that module maps a zero batch shaped like
-    data.features.shape to one logit per class (label.num_classes). Without this a wrong model
-    fails minutes later, inside training, with an IndexError or an AttributeError.
+    """model.py against the door's contract (door.check_model)."""
+    from orchestrator.door import check_model as check
 
-    Raises:
-        ConfigError: naming model.py, build_model() or the pipeline.yaml key to fix.
-    """
-    import inspect
-
-    path, data = pipeline.model_file, pipeline.config.data
-    shape, k = tuple(data.features.shape), data.label.num_classes
-    st = path.stat()
-    key = (str(path), st.st_mtime_ns, st.st_size, shape, k)
-    if key in _CHECKED:
-        return
-    try:
-        module = load_module(path)
-    except SyntaxError as e:
-        raise ConfigError(f"{path}:{e.lineno}: SyntaxError: {e.msg}; fix model.py") from None
-    except ConfigError:
-        raise
-    except (Exception, SystemExit) as e:  # ImportError, NameError, sys.exit(): the user's file, reported as such
-        raise ConfigError(f"{path} failed to import: {type(e).__name__}: {e}; fix model.py") from None
-    build = getattr(module, "build_model", None)
-    if not callable(build):
-        raise ConfigError(f"{path} defines no build_model(): add `def build_model() -> torch.nn.Module`")
-    try:
-        inspect.signature(build).bind()
-    except TypeError:
-        raise ConfigError(f"build_model{inspect.signature(build)} in {path} must take no required arguments: "
-                          "plaster calls build_model()") from None
-    except ValueError:  # a builtin without a signature: find out by calling it
-        pass
-    import torch
-
-    try:
-        model = build()
-    except Exception as e:
-        raise ConfigError(f"build_model() in {path} raised {type(e).__name__}: {e}; fix model.py") from None
-    if not isinstance(model, torch.nn.Module):
-        raise ConfigError(f"build_model() in {path} returned {type(model).__name__} ({repr(model)[:60]}), not a "
-                          "torch.nn.Module: return the model, e.g. nn.Sequential(...)")
-    model.eval()
-    batch = (2, *shape)
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(batch, dtype=torch.float32))
-    except Exception as e:
-        raise ConfigError(f"the model from build_model() in {path} cannot take a batch of data.features.shape "
-                          f"{list(shape)} (a zero batch {list(batch)} raised {type(e).__name__}: {str(e)[:200]}): "
-                          "make its first layer match data.features.shape, or fix data.features.shape") from None
-    if not isinstance(out, torch.Tensor):
-        raise ConfigError(f"the model from build_model() in {path} returned {type(out).__name__} for a batch; its "
-                          f"forward must return one tensor of logits shaped [N, {k}] (label.num_classes={k})")
-    if tuple(out.shape) != (2, k) or not out.is_floating_point():
-        raise ConfigError(f"the model from build_model() in {path} outputs {out.dtype} shaped {list(out.shape)} for a "
-                          f"batch of 2; label.num_classes={k} needs float logits shaped [2, {k}]: make its last "
-                          f"layer output {k} values, or fix data.label.num_classes")
-    _CHECKED[key] = None
+    check(pipeline)
 
 
 def load_pipeline(folder: str | Path, check: bool = True) -> Pipeline:
@@ -417,7 +503,7 @@ def load_pipeline(folder: str | Path, check: bool = True) -> Pipeline:
     except ValidationError as e:
         errors = _field_errors(e) + errors
     if not errors:
-        errors = _unset_variables(config)
+        errors = _task_errors(config) + _unset_variables(config)
     if errors:
         raise ConfigError(_format(errors, yaml_path))
     pipeline = Pipeline(folder.resolve(), config)

@@ -9,65 +9,155 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.config import DataConfig
+from orchestrator.door import InputSpec, TargetSpec
 
 
 class ShardInvalid(Exception):
     """A shard failed a check; the message is the quarantine reason."""
 
 
-def read_shard(path: Path, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Return (x float32 of shape (n, *features.shape), y int64 of shape (n,)).
+Inputs = dict[str, np.ndarray]  # model inputs by name, each (n, *shape)
+
+
+def read_shard(path: Path, inputs: tuple[InputSpec, ...], target: TargetSpec) -> tuple[Inputs, np.ndarray]:
+    """Return (inputs by name, targets): each input (n, *shape) of its dtype; targets int64 (n,)
+    class ids, float32 (n, targets) values or float32 (n, num_labels) 0/1.
 
     Raises:
-        ShardInvalid: with a one-line reason naming what is wrong and what was expected.
+        ShardInvalid: with a one-line reason naming the column, what is wrong and what was expected.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several kinds for a damaged file
         raise ShardInvalid(f"not a readable Parquet file ({type(e).__name__}: {str(e)[:160]})") from None
-    fcol, lcol = data.features.column, data.label.column
-    missing = [c for c in (fcol, lcol) if c not in table.column_names]
+    wanted = [c for i in inputs for c in i.parquet_columns] + list(target.columns)
+    missing = [c for c in wanted if c not in table.column_names]
     if missing:
-        raise ShardInvalid(f"schema: missing column(s) {missing}; found {table.column_names}, expected '{fcol}' and '{lcol}'")
+        raise ShardInvalid(f"schema: missing column(s) {missing}; found {table.column_names}, expected "
+                           f"{', '.join(repr(c) for c in wanted)}")
     if table.num_rows == 0:
         raise ShardInvalid("empty: the shard has no rows")
-    width = int(np.prod(data.features.shape))
-    ftype = table.schema.field(fcol).type
-    if not (pa.types.is_list(ftype) or pa.types.is_large_list(ftype) or pa.types.is_fixed_size_list(ftype)):
-        raise ShardInvalid(f"schema: column '{fcol}' is {ftype}, expected a list of {width} floats")
-    if not (pa.types.is_floating(ftype.value_type) or pa.types.is_integer(ftype.value_type)):
-        raise ShardInvalid(f"dtype: column '{fcol}' holds {ftype.value_type}, expected float32")
-    if table.column(fcol).null_count:
-        first = int(np.flatnonzero(table.column(fcol).is_null().to_numpy(zero_copy_only=False))[0])
-        raise ShardInvalid(f"values: {table.column(fcol).null_count} row(s) of '{fcol}' are null (first: row {first}); "
+    out = {i.name: _read_input(table, i) for i in inputs}
+    return out, _read_target(table, target)
+
+
+def _scalar(table, col: str, what: str) -> np.ndarray:
+    """A numeric scalar column as float64, refusing strings, lists and nulls."""
+    import pyarrow as pa
+
+    t = table.schema.field(col).type
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+        raise ShardInvalid(f"dtype: column '{col}' is {t}, expected {what}")
+    c = table.column(col)
+    if c.null_count:
+        first = int(np.flatnonzero(c.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ShardInvalid(f"values: {c.null_count} null(s) in '{col}' (first: row {first}); every row needs {what}")
+    return c.to_numpy().astype(np.float64)
+
+
+def _list(table, col: str, width: int, shape: list, integer: bool) -> np.ndarray:
+    """A list column of `width` values per row, flattened to (n, width), in its own dtype."""
+    import pyarrow as pa
+
+    t = table.schema.field(col).type
+    kind = "integers" if integer else "floats"
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        raise ShardInvalid(f"schema: column '{col}' is {t}, expected a list of {width} {kind}")
+    vt = t.value_type
+    if integer and not pa.types.is_integer(vt):
+        raise ShardInvalid(f"dtype: column '{col}' holds {vt}, expected integer ids (int64)")
+    if not integer and not (pa.types.is_floating(vt) or pa.types.is_integer(vt)):
+        raise ShardInvalid(f"dtype: column '{col}' holds {vt}, expected float32")
+    c = table.column(col)
+    if c.null_count:
+        first = int(np.flatnonzero(c.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ShardInvalid(f"values: {c.null_count} row(s) of '{col}' are null (first: row {first}); "
                            f"every row needs {width} values")
-    lengths = table.column(fcol).combine_chunks().value_lengths().to_numpy(zero_copy_only=False)
+    chunk = c.combine_chunks()
+    lengths = chunk.value_lengths().to_numpy(zero_copy_only=False)
     if np.any(lengths != width):
         bad = int(np.flatnonzero(lengths != width)[0])
-        raise ShardInvalid(f"shape: row {bad} of '{fcol}' has {lengths[bad]} values, expected {width} (shape {list(data.features.shape)})")
+        raise ShardInvalid(f"shape: row {bad} of '{col}' has {lengths[bad]} values, expected {width} (shape {shape})")
+    flat = chunk.flatten()
+    if flat.null_count:
+        raise ShardInvalid(f"values: {flat.null_count} null value(s) inside the lists of '{col}'")
+    return flat.to_numpy(zero_copy_only=False).reshape(table.num_rows, width)
+
+
+def _read_input(table, spec: InputSpec) -> np.ndarray:
+    n = table.num_rows
+    if spec.columns:
+        x = np.stack([_scalar(table, c, "a number (one feature of input " + repr(spec.name) + ")")
+                      for c in spec.columns], axis=1)
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            col = spec.columns[int(np.flatnonzero(bad.any(axis=0))[0])]
+            raise ShardInvalid(f"values: {int(bad.sum())} NaN/inf (or beyond float32 range) value(s) in input "
+                               f"'{spec.name}' (first in column '{col}')")
+        return x
+    width = int(np.prod(spec.shape))
+    raw = _list(table, spec.column, width, list(spec.shape), spec.dtype == "int64")
+    if spec.dtype == "int64":
+        lo, hi = int(raw.min()), int(raw.max())
+        if lo < 0 or hi >= spec.vocab_size:
+            raise ShardInvalid(f"ids: '{spec.column}' holds ids {lo}..{hi} outside 0..{spec.vocab_size - 1} "
+                               f"(vocab_size={spec.vocab_size} of input '{spec.name}')")
+        return raw.astype(np.int64).reshape((n, *spec.shape))
     with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused just below
-        x = np.asarray(table.column(fcol).combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
-    x = x.reshape((table.num_rows, *data.features.shape))
+        x = raw.astype(np.float32).reshape((n, *spec.shape))
     if not np.all(np.isfinite(x)):
         raise ShardInvalid(f"values: {int(np.sum(~np.isfinite(x)))} NaN/inf (or beyond float32 range) value(s) "
-                           f"in '{fcol}'")
-    ltype = table.schema.field(lcol).type
-    if not pa.types.is_integer(ltype):
-        raise ShardInvalid(f"dtype: column '{lcol}' is {ltype}, expected integer class ids")
-    y_col = table.column(lcol)
-    if y_col.null_count:
-        raise ShardInvalid(f"values: {y_col.null_count} missing label(s) in '{lcol}'")
-    k = data.label.num_classes
-    # The range is read before any cast: a uint64 label past int64 would wrap to a negative id.
-    lo, hi = (v.as_py() for v in pc.min_max(y_col).values())
-    if lo < 0 or hi >= k:
-        raise ShardInvalid(f"labels: values {lo}..{hi} outside 0..{k - 1} (label.num_classes={k})")
-    return x, y_col.to_numpy().astype(np.int64)
+                           f"in '{spec.column}'")
+    return x
+
+
+def _read_target(table, t: TargetSpec) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if t.task == "classification":
+        col = t.columns[0]
+        ltype = table.schema.field(col).type
+        if not pa.types.is_integer(ltype):
+            raise ShardInvalid(f"dtype: column '{col}' is {ltype}, expected integer class ids")
+        y_col = table.column(col)
+        if y_col.null_count:
+            raise ShardInvalid(f"values: {y_col.null_count} missing label(s) in '{col}'")
+        k = t.num_classes
+        # The range is read before any cast: a uint64 label past int64 would wrap to a negative id.
+        lo, hi = (v.as_py() for v in pc.min_max(y_col).values())
+        if lo < 0 or hi >= k:
+            raise ShardInvalid(f"labels: values {lo}..{hi} outside 0..{k - 1} (num_classes={k})")
+        return y_col.to_numpy().astype(np.int64)
+    if t.task == "regression":
+        y = np.stack([_scalar(table, c, "a float target") for c in t.columns], axis=1)
+        bad = ~np.isfinite(y)
+        if bad.any():
+            col = t.columns[int(np.flatnonzero(bad.any(axis=0))[0])]
+            raise ShardInvalid(f"target: {int(bad.sum())} NaN/inf value(s) in '{col}'; a regression target must be "
+                               "a finite number")
+        return y.astype(np.float32)
+    col = t.columns[0]
+    y = _list(table, col, t.outputs, [t.outputs], integer=True)
+    if not np.isin(y, (0, 1)).all():
+        raise ShardInvalid(f"labels: '{col}' holds values other than 0 and 1 (found {sorted(set(np.unique(y)) - {0, 1})[:5]})")
+    return y.astype(np.float32)
+
+
+def take(inputs: Inputs, idx) -> Inputs:
+    return {k: v[idx] for k, v in inputs.items()}
+
+
+def concat(parts: list[Inputs]) -> Inputs:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def rows(inputs: Inputs) -> int:
+    return len(next(iter(inputs.values())))
 
 
 def write_shard(path: Path, x: np.ndarray, y: np.ndarray, feature_column: str = "pixels",
@@ -84,10 +174,34 @@ def write_shard(path: Path, x: np.ndarray, y: np.ndarray, feature_column: str = 
     tmp.rename(path)
 
 
-def save_arrays(path: Path, x: np.ndarray, y: np.ndarray) -> None:
-    np.savez(path, x=x, y=y)
+def write_columns(path: Path, columns: dict) -> None:
+    """Write one Parquet shard from named columns, atomically (a temporary name, then a
+    rename), so ingest never reads a half-written shard. A 1-d array is a scalar column of
+    its dtype; an array of more dimensions is a list column, each row flattened."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {}
+    for name, values in columns.items():
+        a = np.asarray(values)
+        if a.ndim <= 1:
+            arrays[name] = pa.array(a)
+        else:
+            flat = a.reshape(len(a), -1)
+            arrays[name] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1]).cast(
+                pa.list_(pa.from_numpy_dtype(a.dtype)))
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(pa.table(arrays), tmp)
+    tmp.rename(path)
 
 
-def load_arrays(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def save_arrays(path: Path, inputs: Inputs, y: np.ndarray) -> None:
+    np.savez(path, y=y, **{f"in.{k}": v for k, v in inputs.items()})
+
+
+def load_arrays(path: str | Path) -> tuple[Inputs, np.ndarray]:
+    """(inputs by name, targets) of a snapshot file; a file from before named inputs holds one, 'input'."""
     with np.load(path) as f:
-        return f["x"].copy(), f["y"].copy()
+        if "x" in f.files:
+            return {"input": f["x"].copy()}, f["y"].copy()
+        return {k[3:]: f[k].copy() for k in f.files if k.startswith("in.")}, f["y"].copy()

@@ -12,52 +12,103 @@ from __future__ import annotations
 
 from orchestrator.artifacts import Comparison, EngineScore, Verdict
 from orchestrator.config import GateConfig
+from orchestrator.tasks import TASKS, Task
 
 PASS, FAIL, NOT_MEASURED = "PASS", "FAIL", "NOT_MEASURED"
 PROMOTE, REJECT, HOLD = "PROMOTE", "REJECT", "HOLD"
 
 
-def _pp(x: float) -> str:
-    return f"{100 * x:+.2f} pp"
+_PCT = ("accuracy", "micro_f1")  # shown in percentage points; error metrics in their own units
 
 
-def _ci_pp(ci: tuple[float, float]) -> str:
-    return f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}] pp"
+def _pp(x: float, metric: str = "accuracy") -> str:
+    return f"{100 * x:+.2f} pp" if metric in _PCT else f"{x:+.4g}"
+
+
+def _ci_pp(ci: tuple[float, float], metric: str = "accuracy") -> str:
+    if metric in _PCT:
+        return f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}] pp"
+    return f"[{ci[0]:+.4g}, {ci[1]:+.4g}]"
+
+
+def accuracy_bounds(gate: GateConfig, task: Task) -> dict[str, float]:
+    """gate.accuracy_min, or its default: {golden: 0.8, new: 0.8} for classification."""
+    if gate.accuracy_min is not None:
+        return dict(gate.accuracy_min)
+    # A pipeline that bounds its metrics itself (metric_min / metric_max) gets no default.
+    default = task.name == "classification" and not gate.metric_min and not gate.metric_max
+    return {"golden": 0.8, "new": 0.8} if default else {}
+
+
+def margins(gate: GateConfig, task: Task) -> list[tuple[str, str, str, float]]:
+    """(rule name, slice, metric, margin) of every non-inferiority rule: a bare margin is in
+    the task's main metric; the default is {golden: 0.05, new: 0.02} where that metric is a
+    proportion (accuracy, micro-F1) and none for regression, whose units are the data's."""
+    given = gate.non_inferiority
+    if given is None:
+        given = {"golden": 0.05, "new": 0.02} if task.primary in _PCT else {}
+    out = []
+    for sl, v in given.items():
+        if isinstance(v, dict):
+            out += [(f"non_inferiority.{sl}.{m}", sl, m, float(x)) for m, x in v.items()]
+        else:
+            out.append((f"non_inferiority.{sl}", sl, task.primary, float(v)))
+    return out
+
+
+def superiorities(gate: GateConfig, task: Task) -> list[tuple[str, str, str]]:
+    if isinstance(gate.superiority, dict):
+        return [(f"superiority.{sl}.{m}", sl, m) for sl, ms in gate.superiority.items() for m in ms]
+    return [(f"superiority.{sl}", sl, task.primary) for sl in gate.superiority]
 
 
 def evaluate(candidate: EngineScore, champion: EngineScore | None, comparison: Comparison | None,
-             gate: GateConfig) -> list[Verdict]:
+             gate: GateConfig, task: Task = TASKS["classification"]) -> list[Verdict]:
     out: list[Verdict] = []
 
     def add(rule: str, verdict: str, reason: str) -> None:
         out.append(Verdict(rule, verdict, reason, required=rule.split(".")[0].split("@")[0] in gate.required))
 
     conf = f"{100 * gate.confidence:g}% CI"
-    for name, minimum in gate.accuracy_min.items():
-        fig = candidate.accuracy.get(name)
+    bounds = [(f"accuracy_min.{sl}", sl, "accuracy", v, True) for sl, v in accuracy_bounds(gate, task).items()]
+    bounds += [(f"metric_min.{sl}.{m}", sl, m, v, True) for sl, ms in gate.metric_min.items() for m, v in ms.items()]
+    bounds += [(f"metric_max.{sl}.{m}", sl, m, v, False) for sl, ms in gate.metric_max.items() for m, v in ms.items()]
+    for rule, name, metric, bound, at_least in bounds:
+        fig = (candidate.metrics.get(metric) or ({name: candidate.accuracy[name]} if metric == candidate.metric
+                                                  and name in candidate.accuracy else {})).get(name)
         if fig is None:
-            add(f"accuracy_min.{name}", NOT_MEASURED, f"no '{name}' slice in this snapshot")
-        else:
-            ok = fig.value >= minimum
-            add(f"accuracy_min.{name}", PASS if ok else FAIL,
-                f"accuracy on {name} {fig.value:.4f} {'>=' if ok else '<'} {minimum}")
+            add(rule, NOT_MEASURED, f"no '{name}' slice in this snapshot")
+            continue
+        ok = fig.value >= bound if at_least else fig.value <= bound
+        sign = (">=" if ok else "<") if at_least else ("<=" if ok else ">")
+        add(rule, PASS if ok else FAIL, f"{metric} on {name} {fig.value:.4f} {sign} {bound}")
 
-    diffs = {d.slice: d for d in comparison.accuracy} if comparison else {}
-    for rule, slices in (("non_inferiority", gate.non_inferiority), ("superiority", gate.superiority)):
-        for name in slices:
-            d = diffs.get(name)
-            if champion is None:
-                add(f"{rule}.{name}", NOT_MEASURED, "no champion yet: the first candidate is judged on absolute rules")
-            elif d is None:
-                add(f"{rule}.{name}", NOT_MEASURED, f"no '{name}' slice in this snapshot")
-            else:
-                if rule == "non_inferiority":
-                    bound, ok, need = -gate.non_inferiority[name], d.ci[0] >= -gate.non_inferiority[name], ">="
-                else:
-                    bound, ok, need = 0.0, d.ci[0] > 0, ">"
-                add(f"{rule}.{name}", PASS if ok else FAIL,
-                    f"{name} (n={d.n}): candidate − champion {_pp(d.diff)}, {conf} {_ci_pp(d.ci)}; needs lower bound "
-                    f"{need} {_pp(bound)} (McNemar p={d.mcnemar_p:.3g}; {d.candidate_only} vs {d.champion_only} discordant)")
+    diffs = {(d.slice, d.metric): d for d in comparison.accuracy} if comparison else {}
+    checks = [(r, sl, m, "non_inferiority", x) for r, sl, m, x in margins(gate, task)]
+    checks += [(r, sl, m, "superiority", 0.0) for r, sl, m in superiorities(gate, task)]
+    for rule, name, metric, kind, margin in checks:
+        d = diffs.get((name, metric))
+        if champion is None:
+            add(rule, NOT_MEASURED, "no champion yet: the first candidate is judged on absolute rules")
+            continue
+        if d is None:
+            add(rule, NOT_MEASURED, f"no '{name}' slice in this snapshot")
+            continue
+        higher = task.metrics.get(metric, True)
+        # The bound of the CI on the worse side: lower for accuracy or F1, upper for an error.
+        worst = d.ci[0] if higher else d.ci[1]
+        if kind == "non_inferiority":
+            bound = -margin if higher else margin
+            ok = worst >= bound if higher else worst <= bound
+            need = f"{'lower' if higher else 'upper'} bound {'>=' if higher else '<='} {_pp(bound, metric)}"
+        else:
+            bound, ok = 0.0, (worst > 0 if higher else worst < 0)
+            need = f"{'lower' if higher else 'upper'} bound {'>' if higher else '<'} {_pp(0.0, metric)}"
+        mcnemar = (f" (McNemar p={d.mcnemar_p:.3g}; {d.candidate_only} vs {d.champion_only} discordant)"
+                   if d.mcnemar_p is not None else "")
+        add(rule, PASS if ok else FAIL,
+            f"{name} (n={d.n}): {metric} candidate − champion {_pp(d.diff, metric)}, {conf} {_ci_pp(d.ci, metric)}; "
+            f"needs {need}{mcnemar}")
 
     if gate.latency_p99_ms_max is not None:
         for lat in candidate.latency:

@@ -33,7 +33,28 @@ def _lines(model: type[BaseModel], indent: int) -> list[str]:
             continue
         value = REQUIRED if field.is_required() else _value(field.get_default(call_default_factory=True))
         out.append(" " * indent + f"{key}: {value}{note}")
+        # An optional section (data.inputs, data.target, ...): its keys as comments under it.
+        shown = _optional_model(field.annotation)
+        if shown is not None:
+            model, by_name = shown
+            pad = " " * (indent + 2)
+            inner = _lines(model, indent + (4 if by_name else 2))
+            out.extend([pad + "# <name>:"] if by_name else [])
+            out.extend(line[:len(pad)] + "# " + line[len(pad):] for line in inner)
     return out
+
+
+def _optional_model(annotation: Any) -> tuple[type[BaseModel], bool] | None:
+    """(the model, keyed by name) inside `Model | None` or `dict[str, Model] | None`."""
+    import typing
+
+    for arg in typing.get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg, False
+        inner = typing.get_args(arg)
+        if typing.get_origin(arg) is dict and inner and isinstance(inner[1], type) and issubclass(inner[1], BaseModel):
+            return inner[1], True
+    return None
 
 
 def text() -> str:

@@ -228,7 +228,7 @@ class MlflowRegistry:
         return None
 
     def register(self, model: str, run_id: str, cycle_id: str, onnx_file: Path, files: dict[str, Path],
-                 sample: np.ndarray, tags: dict[str, str]) -> str:
+                 sample: dict[str, np.ndarray], tags: dict[str, str]) -> str:
         """Log the ONNX model and `files` on the cycle run and register a version, once per cycle."""
         import mlflow
         import onnx
@@ -264,13 +264,13 @@ class MlflowRegistry:
         return version
 
     @staticmethod
-    def _onnx_predict(onnx_file: Path, sample: np.ndarray) -> np.ndarray:
+    def _onnx_predict(onnx_file: Path, sample: dict[str, np.ndarray]) -> np.ndarray:
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-        return sess.run(None, {sess.get_inputs()[0].name: sample})[0]
+        return sess.run(None, sample)[0]
 
-    def load_test(self, model: str, version: str, sample: np.ndarray) -> np.ndarray:
+    def load_test(self, model: str, version: str, sample: dict[str, np.ndarray]) -> np.ndarray:
         """Load `models:/model/version` with MLflow's own pyfunc loader and run it once."""
         import mlflow.pyfunc
 

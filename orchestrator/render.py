@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.tasks import show, show_diff
+
 
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f}%"
@@ -32,12 +34,15 @@ def scorecard(console: Console, sc: dict[str, Any]) -> None:
     t.add_column("candidate", justify="right")
     t.add_column("champion", justify="right")
     t.add_column("difference [CI]", justify="right")
-    diffs = {d["slice"]: d for d in cmp["accuracy"]} if cmp else {}
-    for s in cand["accuracy"]:
-        a, b, d = cand["accuracy"][s], (champ["accuracy"].get(s) if champ else None), diffs.get(s)
-        delta = f"{100 * d['diff']:+.1f} pp {_ci_pp(d['ci'])}" if d else ""
-        t.add_row("A", f"accuracy {s} (n={a['note'][2:] if a['note'].startswith('n=') else '?'})", _pct(a["value"]),
-                  _pct(b["value"] if b else None), delta)
+    diffs = {(d["slice"], d.get("metric", "accuracy")): d for d in cmp["accuracy"]} if cmp else {}
+    figures = cand.get("metrics") or {cand.get("metric", "accuracy"): cand["accuracy"]}
+    champ_figures = (champ.get("metrics") or {champ.get("metric", "accuracy"): champ["accuracy"]}) if champ else {}
+    for metric, by_slice in figures.items():
+        for s, a in by_slice.items():
+            b, d = champ_figures.get(metric, {}).get(s), diffs.get((s, metric))
+            n = a["note"][2:] if a["note"].startswith("n=") else "?"
+            t.add_row("A", f"{metric} {s} (n={n})", show(metric, a["value"]), show(metric, b["value"]) if b else "—",
+                      show_diff(metric, d["diff"], d["ci"]) if d else "")
     ratios = {r["batch"]: r for r in cmp["latency"]} if cmp else {}
     champ_lat = {x["batch"]: x for x in champ["latency"]} if champ else {}
     for lat in cand["latency"]:
@@ -65,12 +70,12 @@ def scorecard(console: Console, sc: dict[str, Any]) -> None:
         console.print(f"E: {e['note']}")
     p = Table(title="Precisions built (candidate; ◀ = served)")
     p.add_column("engine", no_wrap=True)
-    slices = list(cand["accuracy"])
-    for col in (*(f"acc {s}" for s in slices), "p50 ms", "samples/s", "bytes", ""):
+    slices, main = list(cand["accuracy"]), cand.get("metric", "accuracy")
+    for col in (*(f"{main} {s}" for s in slices), "p50 ms", "samples/s", "bytes", ""):
         p.add_column(col, justify="right")
     for e in sc["candidate"]:
         chosen = e["backend"] == cand["backend"] and e["precision"] == cand["precision"]
-        p.add_row(f"{e['backend']} {e['precision']}", *(_pct(e["accuracy"][s]["value"]) for s in slices),
+        p.add_row(f"{e['backend']} {e['precision']}", *(show(main, e["accuracy"][s]["value"]) for s in slices),
                   _num(e["latency"][0]["p50_ms"]), _num(e["throughput"]["value"], "{:,.0f}"),
                   f"{e['size_bytes']:,}", "◀" if chosen else "")
     console.print(p)

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.ledger import APPROVE, PROMOTE, ROLLBACK
+from orchestrator.tasks import is_proportion
 
 DAY = 86400.0
 COLOUR = {"PROMOTED": "green", "REJECTED": "red", "SKIPPED": "yellow", "HELD": "yellow", "failed": "red"}
@@ -101,6 +102,10 @@ def _move(m: dict) -> str:
     return alias + " → ".join("—" if v is None else f"v{v}" for v in (m["from"], m["to"]))
 
 
+def _metric(metric: str, v: float | None) -> str:
+    return _pct(v) if is_proportion(metric) or v is None else f"{v:.4g}"
+
+
 def _cycle_cells(c: dict) -> dict[str, str]:
     before, after = c["new_accuracy_champion"], c["new_accuracy_candidate"]
     return {
@@ -109,7 +114,7 @@ def _cycle_cells(c: dict) -> dict[str, str]:
         "data→live": _dur(c["data_to_live_s"]), "cycle time": _dur(c["cycle_time_s"]),
         "stages (s)": " ".join(f"{k[:3]} {v:.1f}" for k, v in c["stage_seconds"].items()),
         "new data: champion → candidate": "—" if (before, after) == (None, None)
-        else f"{_pct(before)} → {_pct(after)}",
+        else f"{_metric(c.get('metric', 'accuracy'), before)} → {_metric(c.get('metric', 'accuracy'), after)}",
         "alias moves": "; ".join(_move(m) for m in c["alias_moves"]),
     }
 
@@ -224,11 +229,14 @@ def _plots(cycles: list[dict], out: Path) -> list[Path]:
     written.append(save(plt, fig, out / "stages.png"))
 
     fig, ax = plt.subplots(figsize=(8, 4))
+    metric = next((c.get("metric", "accuracy") for c in reversed(cycles) if c.get("metric")), "accuracy")
+    scale = 100 if is_proportion(metric) else 1
     for key, label, marker in (("new_accuracy_champion", "stale champion", "o"),
                                ("new_accuracy_candidate", "retrained candidate", "^")):
-        pts = [(_when(c), 100 * c[key]) for c in cycles if c[key] is not None]
+        pts = [(_when(c), scale * c[key]) for c in cycles if c[key] is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
-    ax.set(ylabel="accuracy on new data (%)", title="Accuracy on each cycle's new data: before and after retraining")
+    ax.set(ylabel=f"{metric} on new data{' (%)' if scale == 100 else ''}",
+           title=f"{metric} on each cycle's new data: before and after retraining")
     ax.legend(fontsize=8)
     _dated(ax, fig)
     written.append(save(plt, fig, out / "accuracy.png"))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.artifacts import EngineScore, Figure, Scorecard, to_dict
 from orchestrator.gate import HOLD, PROMOTE, REJECT
+from orchestrator.tasks import is_proportion, show, show_diff
 
 if TYPE_CHECKING:  # validate pulls in the engine runtimes; the samples are only read here
     from orchestrator.stages.validate import Raw
@@ -24,10 +25,11 @@ DECISION_CODE = {PROMOTE: 0, REJECT: 1, HOLD: 2}  # a number, so MLflow can char
 def metrics(sc: Scorecard) -> dict[str, float]:
     """Metric names that stay the same from cycle to cycle, so MLflow can compare runs."""
     out: dict[str, Any] = {}
-    for s, fig in sc.chosen.accuracy.items():
-        out[f"scorecard.accuracy.{s}.candidate"] = fig.value
+    for metric, by_slice in _metric_figures(sc.chosen).items():
+        for s, fig in by_slice.items():
+            out[f"scorecard.{metric}.{s}.candidate"] = fig.value
     for d in sc.comparison.accuracy if sc.comparison else ():
-        p = f"scorecard.accuracy.{d.slice}"
+        p = f"scorecard.{d.metric}.{d.slice}"
         out.update({f"{p}.champion": d.champion, f"{p}.diff": d.diff, f"{p}.diff_ci_low": d.ci[0],
                     f"{p}.diff_ci_high": d.ci[1], f"{p}.mcnemar_p": d.mcnemar_p})
     for lat in sc.chosen.latency:
@@ -65,6 +67,15 @@ def _pct(fig: Figure | None) -> str:
         return "—"
     ci = f" [{100 * fig.ci[0]:.2f}, {100 * fig.ci[1]:.2f}]" if fig.ci else ""
     return f"{100 * fig.value:.2f}%{ci}"
+
+
+def _show(metric: str, fig: Figure | None) -> str:
+    return "—" if fig is None else show(metric, fig.value, fig.ci)
+
+
+def _metric_figures(e: EngineScore) -> dict[str, dict[str, Figure]]:
+    """Every metric of the engine by slice (a record from before tasks has accuracy only)."""
+    return e.metrics or {e.metric: e.accuracy}
 
 
 def _figure(f: Figure, fmt: str) -> str:
@@ -125,13 +136,19 @@ def markdown(sc: Scorecard, rate: dict | None = None,
             row("L", f"latency {q} @ batch {lat.batch} (ms)", f"{getattr(lat, q + '_ms'):.3f}",
                 f"{getattr(other, q + '_ms'):.3f}" if other else None, diff)
 
-    diffs = {d.slice: d for d in cmp.accuracy} if cmp else {}
-    for s, fig in cand.accuracy.items():
-        d = diffs.get(s)
-        diff = (f"{100 * d.diff:+.2f} pp [{100 * d.ci[0]:+.2f}, {100 * d.ci[1]:+.2f}] pp, "
-                f"McNemar p={d.mcnemar_p:.3g} (n={d.n}; {d.candidate_only} vs {d.champion_only} discordant)"
-                if d else "")
-        row("A", f"accuracy ({s})", _pct(fig), _pct(champ.accuracy.get(s)) if champ else None, diff)
+    diffs = {(d.slice, d.metric): d for d in cmp.accuracy} if cmp else {}
+    champ_figs = _metric_figures(champ) if champ else {}
+    for metric, by_slice in _metric_figures(cand).items():
+        for s, fig in by_slice.items():
+            d = diffs.get((s, metric))
+            diff = ""
+            if d:
+                diff = show_diff(metric, d.diff, d.ci) + (
+                    f", McNemar p={d.mcnemar_p:.3g} (n={d.n}; {d.candidate_only} vs {d.champion_only} discordant)"
+                    if d.mcnemar_p is not None else f" (n={d.n}, paired bootstrap)")
+            other = champ_figs.get(metric, {}).get(s)
+            row("A", f"{metric} ({s})", show(metric, fig.value, fig.ci),
+                show(metric, other.value, other.ci) if other else None, diff)
 
     other = sc.champion_size
     for metric, a, b in (("engine size (bytes)", cand.size_bytes, champ.size_bytes if champ else None),
@@ -148,12 +165,12 @@ def markdown(sc: Scorecard, rate: dict | None = None,
             row("R", k, v, "")
 
     slices = list(cand.accuracy)
-    lines += ["", "## Precisions", "", "| engine | " + " | ".join(f"accuracy ({s})" for s in slices)
+    lines += ["", "## Precisions", "", "| engine | " + " | ".join(f"{cand.metric} ({s})" for s in slices)
               + f" | p50 @ batch {cand.latency[0].batch} (ms) | throughput (samples/s) | bytes | served |",
               "|---" * (len(slices) + 5) + "|"]
     for e in sc.candidate:
         served = "◀ served" if (e.backend, e.precision) == (cand.backend, cand.precision) else ""
-        lines.append(f"| {_name(e)} | " + " | ".join(_pct(e.accuracy.get(s)) for s in slices)
+        lines.append(f"| {_name(e)} | " + " | ".join(_show(e.metric, e.accuracy.get(s)) for s in slices)
                      + f" | {e.p50_ms:.3f} | {_num(e.throughput.value, '{:,.0f}')} | {e.size_bytes:,} | {served} |")
     lines += ["", f"Chosen: {sc.chosen_reason}", "", f"## Gate → {sc.decision}", "",
               "| rule | verdict | required | reason |", "|---|---|---|---|"]
@@ -166,10 +183,11 @@ def markdown(sc: Scorecard, rate: dict | None = None,
 
 # --- plots -----------------------------------------------------------------------------
 
-def _ci_bars(ax: Any, x: Any, values: list[float], cis: list[tuple[float, float] | None], **kw: Any) -> None:
-    """Points in percent with asymmetric CI whiskers (a figure without a CI gets none)."""
-    err = [[100 * (v - c[0]), 100 * (c[1] - v)] if c else [0.0, 0.0] for v, c in zip(values, cis)]
-    ax.errorbar(x, [100 * v for v in values], yerr=list(zip(*err)) or None, fmt="o", capsize=4, **kw)
+def _ci_bars(ax: Any, x: Any, values: list[float], cis: list[tuple[float, float] | None], scale: float = 100,
+             **kw: Any) -> None:
+    """Points (in percent, for scale 100) with asymmetric CI whiskers (a figure without a CI gets none)."""
+    err = [[scale * (v - c[0]), scale * (c[1] - v)] if c else [0.0, 0.0] for v, c in zip(values, cis)]
+    ax.errorbar(x, [scale * v for v in values], yerr=list(zip(*err)) or None, fmt="o", capsize=4, **kw)
 
 
 def plots(sc: Scorecard, raw: Raw | None, out: Path) -> list[Path]:
@@ -198,24 +216,26 @@ def plots(sc: Scorecard, raw: Raw | None, out: Path) -> list[Path]:
         fig.suptitle(f"Latency: {_name(cand)} vs champion {_name(champ)}" if champ else f"Latency: {_name(cand)}")
         written.append(save(plt, fig, out / "latency.png"))
 
-    slices = list(cand.accuracy)
+    slices, metric = list(cand.accuracy), cand.metric
+    scale, unit = (100, f"{metric} (%)") if is_proportion(metric) else (1, metric)
     fig, axes = plt.subplots(1, 2 if sc.comparison else 1, figsize=(10 if sc.comparison else 5, 3.5), squeeze=False)
     ax = axes[0][0]
     for i, (who, e) in enumerate((("candidate", cand), ("champion", champ))):
         if e is not None:
             figs = [e.accuracy.get(s, Figure(math.nan)) for s in slices]
             _ci_bars(ax, np.arange(len(slices)) + 0.15 * (i - 0.5), [f.value for f in figs], [f.ci for f in figs],
-                     label=who)
+                     scale=scale, label=who)
     ax.margins(x=0.3)
-    ax.set(xticks=range(len(slices)), xticklabels=slices, ylabel="accuracy (%)",
-           title=f"Accuracy by slice ({100 * sc.confidence:g}% CI)")
+    ax.set(xticks=range(len(slices)), xticklabels=slices, ylabel=unit,
+           title=f"{metric} by slice ({100 * sc.confidence:g}% CI)")
     ax.legend(fontsize=8)
     if sc.comparison:
-        ax, d = axes[0][1], sc.comparison.accuracy
-        _ci_bars(ax, range(len(d)), [a.diff for a in d], [a.ci for a in d])
+        ax, d = axes[0][1], [a for a in sc.comparison.accuracy if a.metric == metric]
+        _ci_bars(ax, range(len(d)), [a.diff for a in d], [a.ci for a in d], scale=scale)
         ax.axhline(0, color="grey", lw=0.8)
         ax.margins(x=0.3)
-        ax.set(xticks=range(len(d)), xticklabels=[a.slice for a in d], ylabel="candidate − champion (pp)",
+        ax.set(xticks=range(len(d)), xticklabels=[a.slice for a in d],
+               ylabel=f"candidate − champion ({'pp' if scale == 100 else metric})",
                title="Paired difference")
     written.append(save(plt, fig, out / "accuracy.png"))
 
@@ -224,15 +244,15 @@ def plots(sc: Scorecard, raw: Raw | None, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for e in sc.candidate:
         served = (e.backend, e.precision) == (cand.backend, cand.precision)
-        ax.scatter(e.p50_ms, 100 * e.accuracy[s].value, s=120 if served else 40, marker="*" if served else "o",
+        ax.scatter(e.p50_ms, scale * e.accuracy[s].value, s=120 if served else 40, marker="*" if served else "o",
                    color="C3" if served else "C0", zorder=3)
-        ax.annotate(_name(e) + (" (served)" if served else ""), (e.p50_ms, 100 * e.accuracy[s].value),
+        ax.annotate(_name(e) + (" (served)" if served else ""), (e.p50_ms, scale * e.accuracy[s].value),
                     textcoords="offset points", xytext=(6, 4), fontsize=8)
     if champ and s in champ.accuracy:
-        ax.scatter(champ.p50_ms, 100 * champ.accuracy[s].value, marker="s", color="grey", label="champion")
+        ax.scatter(champ.p50_ms, scale * champ.accuracy[s].value, marker="s", color="grey", label="champion")
         ax.legend(fontsize=8)
     ax.margins(x=0.2, y=0.1)  # room for the labels
-    ax.set(xlabel=f"p50 latency @ batch {cand.latency[0].batch} (ms)", ylabel=f"accuracy on {s} (%)",
+    ax.set(xlabel=f"p50 latency @ batch {cand.latency[0].batch} (ms)", ylabel=f"{unit} on {s}",
            title="Precision trade-off")
     written.append(save(plt, fig, out / "precisions.png"))
     return written

@@ -16,6 +16,7 @@ FastAPI reads the routes' annotations at runtime.
 """
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -29,6 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from orchestrator.door import zero_inputs
 from orchestrator.errors import Interrupted, PlasterError, RegistryError
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -56,51 +58,106 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def parse_inputs(body: bytes, shape: tuple[int, ...], max_batch: int) -> np.ndarray:
-    """A request body `{"inputs": one example or a batch}` as a float32 batch (N, *shape).
+def _want(spec: dict, max_batch: int) -> str:
+    shape = spec["shape"]
+    kind = f"int64 ids in 0..{spec['vocab_size'] - 1}" if spec["dtype"] == "int64" else "numbers"
+    return (f"{kind}: one example of shape {list(shape)} or a batch of shape [N, {', '.join(map(str, shape))}] "
+            f"(N <= {max_batch})")
 
-    Raises BadInput with the HTTP status and a message naming what to send instead.
-    """
-    want = f"one example of shape {list(shape)} or a batch of shape [N, {', '.join(map(str, shape))}] (N <= {max_batch})"
+
+def _parse_one(value, spec: dict, max_batch: int, where: str) -> np.ndarray:
+    """One input's JSON value as a batch (N, *shape) of its dtype, or BadInput naming `where`."""
+    shape, want = tuple(spec["shape"]), _want(spec, max_batch)
+    if not isinstance(value, list):
+        raise BadInput(422, f'{where} must be a list of {want}')
+    if not value:
+        raise BadInput(422, f'{where} is an empty batch: send {want}')
+    ragged = f'{where} is a ragged nested list: every example must have shape {list(shape)}'
     try:
-        doc = json.loads(body, parse_constant=_no_constant)
-    except (ValueError, RecursionError):  # also bad UTF-8, NaN/Infinity, absurd nesting
-        raise BadInput(400, 'the body is not JSON: send {"inputs": [...]} with Content-Type: application/json') from None
-    if not isinstance(doc, dict) or "inputs" not in doc:
-        raise BadInput(422, f'the body must be a JSON object {{"inputs": ...}} holding {want}')
-    inputs = doc["inputs"]
-    if not isinstance(inputs, list):
-        raise BadInput(422, f'"inputs" must be a list of numbers: {want}')
-    if not inputs:
-        raise BadInput(422, f'"inputs" is an empty batch: send {want}')
-    ragged = f'"inputs" is a ragged nested list: every example must have shape {list(shape)}'
-    try:
-        cells = np.array(inputs, dtype=object)
+        cells = np.array(value, dtype=object)
     except ValueError:  # numpy refuses some ragged nestings even as objects
         raise BadInput(422, ragged) from None
     except RuntimeError:  # nested deeper than numpy's 32 dimensions
-        raise BadInput(422, f'"inputs" is nested too deep: send {want}') from None
+        raise BadInput(422, f'{where} is nested too deep: send {want}') from None
     if cells.ndim > len(shape) + 1:  # before .flat, which numpy refuses beyond 32 dimensions
-        raise BadInput(422, f'"inputs" is nested deeper than {len(shape) + 1} lists; expected {want}')
+        raise BadInput(422, f'{where} is nested deeper than {len(shape) + 1} lists; expected {want}')
     # bool is not a number here, though Python counts it as an int: compare exact types.
-    kinds = {type(v).__name__ for v in cells.flat} - {"int", "float"}
+    allowed = {"int"} if spec["dtype"] == "int64" else {"int", "float"}
+    kinds = {type(v).__name__ for v in cells.flat} - allowed
     if "list" in kinds:
         raise BadInput(422, ragged)
     if kinds:
-        raise BadInput(422, f'"inputs" must hold only numbers, found {", ".join(sorted(kinds))}: send {want}')
-    if cells.shape != shape and cells.shape != (len(inputs), *shape):
-        raise BadInput(422, f'"inputs" has shape {list(cells.shape)}; expected {want}')
-    try:
-        with np.errstate(over="ignore"):  # overflow becomes inf, refused below
-            x = cells.astype(np.float32)
-    except OverflowError:  # an int too large for a C double
-        x = None
-    if x is None or not np.isfinite(x).all():
-        raise BadInput(422, '"inputs" holds numbers beyond float32 range')
+        raise BadInput(422, f'{where} must hold only {"integer ids" if allowed == {"int"} else "numbers"}, found '
+                            f'{", ".join(sorted(kinds))}: send {want}')
+    if cells.shape != shape and cells.shape != (len(value), *shape):
+        raise BadInput(422, f'{where} has shape {list(cells.shape)}; expected {want}')
+    if spec["dtype"] == "int64":
+        ids = [int(v) for v in cells.flat]
+        lo, hi = min(ids), max(ids)
+        if lo < 0 or hi >= spec["vocab_size"]:
+            raise BadInput(422, f'{where} holds ids {lo}..{hi} outside 0..{spec["vocab_size"] - 1} '
+                                f'(vocab_size {spec["vocab_size"]})')
+        x = np.array(ids, dtype=np.int64)
+    else:
+        try:
+            with np.errstate(over="ignore"):  # overflow becomes inf, refused below
+                x = cells.astype(np.float32)
+        except OverflowError:  # an int too large for a C double
+            x = None
+        if x is None or not np.isfinite(x).all():
+            raise BadInput(422, f'{where} holds numbers beyond float32 range')
     x = x.reshape(-1, *shape)
     if len(x) > max_batch:
         raise BadInput(413, f"{len(x)} examples in one request; at most {max_batch} (build.max_batch): split the batch")
     return x
+
+
+def parse_inputs(body: bytes, inputs: list[dict], max_batch: int) -> dict[str, np.ndarray]:
+    """A request body as a batch of every model input by name. The body is
+    `{"inputs": {"name": one example or a batch, ...}}`, or, for a model of one input,
+    `{"inputs": one example or a batch}`. `inputs` are the door.InputSpec fields as dicts.
+
+    Raises BadInput with the HTTP status and a message naming the input and what to send instead.
+    """
+    names = [i["name"] for i in inputs]
+    if len(inputs) == 1:
+        want = f'{{"inputs": {_want(inputs[0], max_batch)}}}'
+    else:
+        want = '{"inputs": {' + ", ".join(f'"{n}": ...' for n in names) + "}}"
+    try:
+        doc = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # also bad UTF-8, NaN/Infinity, absurd nesting
+        raise BadInput(400, f"the body is not JSON: send {want} with Content-Type: application/json") from None
+    if not isinstance(doc, dict) or "inputs" not in doc:
+        raise BadInput(422, f"the body must be a JSON object {want}")
+    given = doc["inputs"]
+    if isinstance(given, dict):
+        missing, unknown = [n for n in names if n not in given], sorted(set(given) - set(names))
+        if missing or unknown:
+            raise BadInput(422, f'"inputs" must name {", ".join(names)}'
+                                + (f"; missing {', '.join(missing)}" if missing else "")
+                                + (f"; unknown {', '.join(unknown)}" if unknown else "") + f": send {want}")
+    elif len(inputs) == 1:
+        given = {names[0]: given}
+    else:
+        raise BadInput(422, f'"inputs" must be an object by input name for this model of {len(names)} inputs: '
+                            f"send {want}")
+    where = (lambda n: '"inputs"') if len(inputs) == 1 and not isinstance(doc["inputs"], dict) else \
+        (lambda n: f'"inputs"."{n}"')
+    out = {i["name"]: _parse_one(given[i["name"]], i, max_batch, where(i["name"])) for i in inputs}
+    sizes = {n: len(v) for n, v in out.items()}
+    if len(set(sizes.values())) > 1:
+        raise BadInput(422, f"the inputs hold different numbers of examples ({sizes}): send the same N for each")
+    return out
+
+
+def answer(outputs: np.ndarray, task: str) -> list:
+    """What the model predicts, in the task's terms: class ids, values or 0/1 labels."""
+    if task == "classification":
+        return outputs.argmax(1).tolist()
+    if task == "multilabel":
+        return (outputs > 0).astype(int).tolist()
+    return outputs.tolist()
 
 
 async def _read_body(request: Request, too_big: BadInput) -> bytes:
@@ -143,10 +200,10 @@ def _replica_grpc_on_loopback() -> None:
 )
 @serve.ingress(http)
 class Champion:
-    def __init__(self, shape: list[int], max_batch: int):
+    def __init__(self, inputs: list[dict], max_batch: int, task: str = "classification"):
         _replica_grpc_on_loopback()
-        self.shape, self.max_batch = tuple(shape), max_batch
-        self.engine: tuple[Callable[[np.ndarray], np.ndarray], dict] | None = None
+        self.inputs, self.max_batch, self.task = inputs, max_batch, task
+        self.engine: tuple[Callable[[dict], np.ndarray], dict] | None = None
         # Count examples, not requests: one engine call never exceeds the built max batch.
         self.infer.set_max_batch_size(max_batch)
 
@@ -156,7 +213,8 @@ class Champion:
 
         def load():
             runner = load_runner(champion["backend"], Path(champion["engine"]))
-            runner(np.zeros((1, *self.shape), np.float32))  # first call allocates; not on a request
+            # first call allocates; not on a request
+            runner({i["name"]: np.zeros((1, *i["shape"]), i["dtype"]) for i in self.inputs})
             return runner
 
         runner = await asyncio.to_thread(load)
@@ -165,11 +223,12 @@ class Champion:
         self.engine = (runner, info)
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=BATCH_WAIT_S,
-                 batch_size_fn=lambda batches: sum(map(len, batches)))
-    async def infer(self, batches: list[np.ndarray]) -> list[tuple[np.ndarray, dict]]:
+                 batch_size_fn=lambda batches: sum(len(next(iter(b.values()))) for b in batches))
+    async def infer(self, batches: list[dict[str, np.ndarray]]) -> list[tuple[np.ndarray, dict]]:
         runner, info = self.engine  # one engine for the whole batch, even if a swap lands now
-        logits = runner(np.concatenate(batches))
-        return [(out, info) for out in np.split(logits, np.cumsum([len(b) for b in batches])[:-1])]
+        outputs = runner({k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
+        sizes = [len(next(iter(b.values()))) for b in batches]
+        return [(out, info) for out in np.split(outputs, np.cumsum(sizes)[:-1])]
 
     @http.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
@@ -179,14 +238,14 @@ class Champion:
             if length.isdigit() and int(length) > MAX_BODY_BYTES:
                 raise too_big
             body = await asyncio.wait_for(_read_body(request, too_big), BODY_TIMEOUT_S)
-            x = parse_inputs(bytes(body), self.shape, self.max_batch)
+            x = parse_inputs(bytes(body), self.inputs, self.max_batch)
         except BadInput as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
         except TimeoutError:
             return JSONResponse({"error": f"the body did not arrive within {BODY_TIMEOUT_S:g} s: send it whole"},
                                 status_code=408)
-        logits, info = await self.infer(x)
-        return JSONResponse({"outputs": logits.tolist(), "predictions": logits.argmax(1).tolist(),
+        outputs, info = await self.infer(x)
+        return JSONResponse({"outputs": outputs.tolist(), "predictions": answer(outputs, self.task),
                              "version": info["version"], "precision": info["precision"], "backend": info["backend"]})
 
     @http.get("/healthz")
@@ -200,7 +259,7 @@ class Champion:
 
 def app(args: dict):
     """The application builder the declarative config names by import path."""
-    return Champion.bind(args["shape"], args["max_batch"])
+    return Champion.bind(args["inputs"], args["max_batch"], args.get("task", "classification"))
 
 
 def _get(url: str) -> dict | None:
@@ -267,7 +326,7 @@ class Server:
         ref = self.registry.fetch(self.pipeline.name, version, self.versions)
         engine = Path(ref.folder) / json.loads((Path(ref.folder) / "manifest.json").read_text())["engine"]
         try:
-            load_runner(ref.backend, engine)(np.zeros((1, *self.pipeline.config.data.features.shape), np.float32))
+            load_runner(ref.backend, engine)(zero_inputs(self.pipeline.inputs))
         except Exception as e:
             raise RegistryError(f"{self.pipeline.name} v{version}: its {ref.precision} {ref.backend} engine {engine} "
                                 f"does not run here ({e}); roll the champion back (`plaster rollback`)") from None
@@ -280,7 +339,8 @@ class Server:
         cfg = self.pipeline.config
         _get_global_client().deploy_apps(ServeDeploySchema(applications=[{
             "name": self.app, "route_prefix": "/", "import_path": "orchestrator.serving:app",
-            "args": {"shape": list(cfg.data.features.shape), "max_batch": cfg.build.max_batch},
+            "args": {"inputs": [dataclasses.asdict(i) for i in self.pipeline.inputs], "max_batch": cfg.build.max_batch,
+                     "task": cfg.task},
             "deployments": [{"name": "Champion", "user_config": champion}],
             "logging_config": SERVE_LOGS,
         }]))

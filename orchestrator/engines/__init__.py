@@ -11,7 +11,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-Runner = Callable[[np.ndarray], np.ndarray]  # float32 batch in, float32 logits out
+Runner = Callable[[dict[str, np.ndarray]], np.ndarray]  # a batch of every input by name in, float32 outputs out
 
 
 class Backend(Protocol):
@@ -20,8 +20,8 @@ class Backend(Protocol):
     def unavailable_reason(self) -> str | None: ...
     def version(self) -> str: ...
     def device(self) -> str: ...
-    def build(self, variant: Path, out: Path, *, input_name: str, sample_shape: tuple[int, ...],
-              max_batch: int, opt_batch: int, timing_cache: Path) -> None: ...
+    def build(self, variant: Path, out: Path, *, inputs: tuple, max_batch: int, opt_batch: int,
+              timing_cache: Path) -> None: ...  # inputs: door.InputSpec of every model input
     def load(self, engine: Path) -> Runner: ...
 
 

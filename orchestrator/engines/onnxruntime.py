@@ -29,8 +29,8 @@ class OnnxRuntimeBackend:
     def device(self) -> str:
         return "cpu"
 
-    def build(self, variant: Path, out: Path, *, input_name: str, sample_shape: tuple[int, ...],
-              max_batch: int, opt_batch: int, timing_cache: Path) -> None:
+    def build(self, variant: Path, out: Path, *, inputs: tuple, max_batch: int, opt_batch: int,
+              timing_cache: Path) -> None:
         import onnxruntime as ort
 
         # ORT warns that ENABLE_ALL output is hardware-specific: known, and in the cache key.
@@ -41,7 +41,7 @@ class OnnxRuntimeBackend:
         ort.InferenceSession(str(variant), opts, providers=["CPUExecutionProvider"])
         # The optimized model must answer before it counts as an engine.
         runner = self.load(out)
-        runner(np.zeros((1, *sample_shape), dtype=np.float32))
+        runner({i.name: np.zeros((1, *i.shape), dtype=i.dtype) for i in inputs})
 
     def load(self, engine: Path):
         import onnxruntime as ort
@@ -55,9 +55,8 @@ class OnnxRuntimeBackend:
         # spinning, [0.98, 1.02]. Spinning also burns a shared machine's CPU while idle.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sess = ort.InferenceSession(str(engine), opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
 
-        def run(x: np.ndarray) -> np.ndarray:
-            return sess.run(None, {name: x})[0]
+        def run(x: dict[str, np.ndarray]) -> np.ndarray:
+            return sess.run(None, x)[0]
 
         return run

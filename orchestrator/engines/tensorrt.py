@@ -96,8 +96,7 @@ class TensorRTBackend:
         major, minor = torch.cuda.get_device_capability(index)
         return f"{torch.cuda.get_device_name(index)} sm_{major}{minor}"
 
-    def build(self, variant: pathlib.Path, out: pathlib.Path, *, input_name: str,
-              sample_shape: tuple[int, ...], max_batch: int, opt_batch: int,
+    def build(self, variant: pathlib.Path, out: pathlib.Path, *, inputs: tuple, max_batch: int, opt_batch: int,
               timing_cache: pathlib.Path) -> None:
         import tensorrt as trt
 
@@ -122,11 +121,14 @@ class TensorRTBackend:
                 + "\nFix: re-run the export stage for this candidate; if an operator is reported unsupported, "
                 "change the model so it exports without it (TensorRT's ONNX operator list)."
             )
-        inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
-        if input_name not in inputs:
-            raise EngineBuildError(f"{variant} has no input named {input_name!r} (it has {sorted(inputs)}); fix the input name in the pipeline config")
-        if inputs[input_name].shape[0] != -1 and max_batch > 1:
-            raise EngineBuildError(f"{variant}: input {input_name!r} has a fixed batch axis {tuple(inputs[input_name].shape)}; export it with a dynamic axis 0")
+        found = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
+        for spec in inputs:
+            if spec.name not in found:
+                raise EngineBuildError(f"{variant} has no input named {spec.name!r} (it has {sorted(found)}); "
+                                       "fix data.inputs")
+            if found[spec.name].shape[0] != -1 and max_batch > 1:
+                raise EngineBuildError(f"{variant}: input {spec.name!r} has a fixed batch axis "
+                                       f"{tuple(found[spec.name].shape)}; export it with a dynamic axis 0")
 
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, _WORKSPACE_BYTES)
@@ -135,11 +137,14 @@ class TensorRTBackend:
             # TF32 is on by default and rounds float32 conv/matmul inputs to a 10-bit mantissa;
             # a float32 tensor in the variant means float32, so TensorRT may not lower it.
             config.clear_flag(tf32)
-        tail = tuple(int(d) for d in sample_shape)
         profile = builder.create_optimization_profile()
-        profile.set_shape(input_name, (1, *tail), (opt_batch, *tail), (max_batch, *tail))
+        for spec in inputs:  # one profile: every input's batch axis moves together
+            tail = tuple(int(d) for d in spec.shape)
+            profile.set_shape(spec.name, (1, *tail), (opt_batch, *tail), (max_batch, *tail))
         if config.add_optimization_profile(profile) < 0:
-            raise EngineBuildError(f"{variant}: TensorRT rejected the batch profile 1/{opt_batch}/{max_batch} for sample shape {tail}; check sample_shape and batch sizes in the pipeline config")
+            raise EngineBuildError(f"{variant}: TensorRT rejected the batch profile 1/{opt_batch}/{max_batch} for "
+                                   f"inputs {[(i.name, list(i.shape)) for i in inputs]}; check data.inputs and "
+                                   "build.max_batch")
 
         blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
         cache = config.create_timing_cache(blob)
@@ -171,7 +176,8 @@ class TensorRTBackend:
 
 
 class _Runner:
-    """Callable runner: float32 (batch, *sample_shape) in, float32 (batch, classes) logits out."""
+    """Callable runner: every input by name (float32 or int64, (batch, *shape)) in, float32
+    (batch, outputs) out."""
 
     def __init__(self, runtime, engine, path: pathlib.Path):
         import tensorrt as trt
@@ -181,43 +187,48 @@ class _Runner:
         self._engine = engine
         self._context = engine.create_execution_context()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise EngineBuildError(f"{path}: expected one input and one output, found inputs {inputs} and outputs {outputs}; export a single-input classifier")
-        self._input, self._output = inputs[0], outputs[0]
-        dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+        if len(outputs) != 1:
+            raise EngineBuildError(f"{path}: expected one output, found {outputs}; forward must return one tensor")
+        self._output = outputs[0]
+        dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+                  trt.DataType.INT64: torch.int64, trt.DataType.INT32: torch.int32}
         try:
-            self._in_dtype = dtypes[engine.get_tensor_dtype(self._input)]
+            self._in_dtypes = {n: dtypes[engine.get_tensor_dtype(n)] for n in self._inputs}
             self._out_dtype = dtypes[engine.get_tensor_dtype(self._output)]
         except KeyError:
-            raise EngineBuildError(f"{path}: engine I/O must be float32 or float16; build the variant with keep_io_types") from None
-        self._max_batch = int(engine.get_tensor_profile_shape(self._input, 0)[2][0])
+            raise EngineBuildError(f"{path}: engine I/O must be float32, float16 or int64; build the variant with "
+                                   "keep_io_types") from None
+        self._max_batch = int(engine.get_tensor_profile_shape(self._inputs[0], 0)[2][0])
         self._out_tail = tuple(int(d) for d in engine.get_tensor_shape(self._output))[1:]
         # A private stream: on the legacy default stream TensorRT adds synchronizations and warns.
         self._stream = torch.cuda.Stream()
         self._lock = threading.Lock()  # one execution context cannot run two batches at once
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.shape[0] == 0:
+    def __call__(self, x: dict[str, np.ndarray]) -> np.ndarray:
+        n = len(next(iter(x.values())))
+        if n == 0:
             return np.zeros((0, *self._out_tail), dtype=np.float32)
         with self._lock:
-            chunks = [self._run(x[i:i + self._max_batch]) for i in range(0, x.shape[0], self._max_batch)]
+            chunks = [self._run({k: np.ascontiguousarray(v[i:i + self._max_batch]) for k, v in x.items()})
+                      for i in range(0, n, self._max_batch)]
         return np.concatenate(chunks)
 
-    def _run(self, chunk: np.ndarray) -> np.ndarray:
+    def _run(self, chunk: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
         ctx = self._context
         with torch.cuda.stream(self._stream):
             # Copy-in, the engine and copy-out all go on this one stream, so they are ordered
             # without events; the tensors stay referenced until the synchronize below.
-            dev_in = torch.from_numpy(chunk).to("cuda", dtype=self._in_dtype)
-            if not ctx.set_input_shape(self._input, tuple(chunk.shape)):
-                raise ValueError(f"input shape {chunk.shape} does not fit the engine's profile for {self._input!r}")
+            dev_in = {}
+            for name in self._inputs:
+                dev_in[name] = torch.from_numpy(chunk[name]).to("cuda", dtype=self._in_dtypes[name])
+                if not ctx.set_input_shape(name, tuple(chunk[name].shape)):
+                    raise ValueError(f"input shape {chunk[name].shape} does not fit the engine's profile for {name!r}")
+                ctx.set_tensor_address(name, dev_in[name].data_ptr())
             dev_out = torch.empty(tuple(ctx.get_tensor_shape(self._output)), dtype=self._out_dtype, device="cuda")
-            ctx.set_tensor_address(self._input, dev_in.data_ptr())
             ctx.set_tensor_address(self._output, dev_out.data_ptr())
             if not ctx.execute_async_v3(torch.cuda.current_stream().cuda_stream):
                 raise PlasterError("TensorRT failed to run the engine; see the tensorrt log lines above")

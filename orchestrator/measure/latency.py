@@ -10,11 +10,15 @@ from orchestrator.artifacts import ThroughputAt
 from orchestrator.engines import Runner
 
 
-def interleaved(runners: dict[str, Runner], x: np.ndarray, rounds: int, calls_per_round: int = 10,
+def batch_of(pool: dict[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
+    """A batch of `b` examples from the pool, repeating it if it is smaller, every input alike."""
+    return {k: np.ascontiguousarray(np.resize(v, (b, *v.shape[1:])).astype(v.dtype)) for k, v in pool.items()}
+
+
+def interleaved(runners: dict[str, Runner], x: dict[str, np.ndarray], rounds: int, calls_per_round: int = 10,
                 warmup: int = 5) -> dict[str, np.ndarray]:
     """Seconds per call for each runner, shaped (rounds, calls_per_round): rounds stay
     separate so candidate and champion can be paired round by round."""
-    x = np.ascontiguousarray(x)
     for r in runners.values():
         for _ in range(warmup):
             r(x)
@@ -36,12 +40,12 @@ def percentile_ms(seconds: np.ndarray, q: float) -> float:
     return float(np.percentile(seconds, q) * 1e3)
 
 
-def sweep(runners: dict[str, Runner], pool: np.ndarray, batches: tuple[int, ...], sla_ms: float | None,
+def sweep(runners: dict[str, Runner], pool: dict[str, np.ndarray], batches: tuple[int, ...], sla_ms: float | None,
           rounds: int = 10, calls_per_round: int = 5) -> dict[str, list[ThroughputAt]]:
     """Throughput at each batch size, interleaved like latency, with the p99 that came with it."""
     out: dict[str, list[ThroughputAt]] = {k: [] for k in runners}
     for b in batches:
-        x = np.resize(pool, (b, *pool.shape[1:])).astype(pool.dtype)
+        x = batch_of(pool, b)
         s = interleaved(runners, x, rounds=rounds, calls_per_round=calls_per_round, warmup=2)
         for k, sec in s.items():
             p99 = percentile_ms(sec, 99)

@@ -30,18 +30,21 @@ def _dims(value_info) -> list[int] | None:
     return out
 
 
-def measure(onnx_path: str | Path, sample_shape: tuple[int, ...]) -> ModelSize:
-    """Parameters and FLOPs per sample of an FP32 ONNX model with input shape (batch, *sample_shape)."""
+def measure(onnx_path: str | Path, shapes: dict[str, tuple[int, ...]]) -> ModelSize:
+    """Parameters and FLOPs per sample of an FP32 ONNX model whose inputs are (batch, *shape)."""
     import onnx
     from onnx import numpy_helper, shape_inference
 
     model = onnx.load(str(onnx_path))
     params = sum(int(np.prod(numpy_helper.to_array(t).shape)) for t in model.graph.initializer)
     # Pin the batch to 1 so inferred shapes are concrete.
-    inp = model.graph.input[0].type.tensor_type.shape
-    for d, size in zip(inp.dim, (1, *sample_shape)):
-        d.ClearField("dim_param")
-        d.dim_value = size
+    for graph_input in model.graph.input:
+        shape = shapes.get(graph_input.name)
+        if shape is None:
+            continue
+        for d, size in zip(graph_input.type.tensor_type.shape.dim, (1, *shape)):
+            d.ClearField("dim_param")
+            d.dim_value = size
     model = shape_inference.infer_shapes(model)
     shapes = {vi.name: _dims(vi) for vi in (*model.graph.value_info, *model.graph.input, *model.graph.output)}
     shapes.update({t.name: list(t.dims) for t in model.graph.initializer})

@@ -32,25 +32,19 @@ def cache_key(b: Backend, variant_sha: str, precision: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _input_name(path: str) -> str:
-    import onnx
-
-    return onnx.load(path, load_external_data=False).graph.input[0].name
-
-
 @dataclass(frozen=True)
 class BuildSpec:
     """What every engine build needs besides its variant: picklable, so a Ray task can take it."""
 
     cache: str  # this machine's engine cache folder
-    sample_shape: tuple[int, ...]
+    inputs: tuple  # door.InputSpec of every model input
     max_batch: int
     opt_batch: int
 
 
 def spec_for(ctx: StageContext) -> BuildSpec:
     cfg = ctx.pipeline.config
-    return BuildSpec(str(ctx.workspace.engine_cache), tuple(cfg.data.features.shape), cfg.build.max_batch,
+    return BuildSpec(str(ctx.workspace.engine_cache), ctx.pipeline.inputs, cfg.build.max_batch,
                      max(cfg.validate_.latency_batches))
 
 
@@ -67,7 +61,7 @@ def build_engine(spec: BuildSpec, storage: Storage, b: Backend, variant: Variant
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     t0 = time.perf_counter()
     try:
-        b.build(Path(variant.path), tmp, input_name=_input_name(variant.path), sample_shape=spec.sample_shape,
+        b.build(Path(variant.path), tmp, inputs=spec.inputs,
                 max_batch=spec.max_batch, opt_batch=spec.opt_batch,
                 timing_cache=Path(spec.cache) / f"{b.name}.timing-cache")
     except EngineBuildError:
@@ -147,7 +141,7 @@ def engines_for(ctx: StageContext, backends: list[Backend], variants: list[Varia
 def run(ctx: StageContext, snapshot: Snapshot, onnx_model: OnnxModel) -> EngineSet:
     cfg = ctx.pipeline.config.build
     x_train, _ = load_arrays(snapshot.train_file)
-    calibration = x_train[: cfg.calibration_samples]
+    calibration = {k: v[: cfg.calibration_samples] for k, v in x_train.items()}
     made: list[Variant] = []
     for precision in cfg.precisions:
         out = ctx.path("variants", f"{precision}.onnx")
@@ -155,7 +149,7 @@ def run(ctx: StageContext, snapshot: Snapshot, onnx_model: OnnxModel) -> EngineS
             ctx.say(f"making {precision} variant")
             tmp = out.with_suffix(".tmp")
             try:
-                variant_ops.make(precision, Path(onnx_model.path), tmp, onnx_model.input_name, calibration)
+                variant_ops.make(precision, Path(onnx_model.path), tmp, calibration)
             except Exception as e:
                 raise EngineBuildError(f"could not make the {precision} variant: {e}; "
                                        f"drop '{precision}' from build.precisions to continue without it") from None

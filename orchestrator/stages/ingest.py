@@ -16,7 +16,7 @@ import numpy as np
 
 from orchestrator.artifacts import QuarantinedShard, Shard, Snapshot, sha256_file
 from orchestrator.context import StageContext
-from orchestrator.dataset import ShardInvalid, read_shard, save_arrays
+from orchestrator.dataset import ShardInvalid, concat, read_shard, save_arrays, take
 from orchestrator.errors import DataError
 
 QUARANTINE = "_quarantine"
@@ -50,6 +50,7 @@ def _originals(paths: list[Path]) -> tuple[dict[Path, str], dict[str, Path]]:
 def run(ctx: StageContext) -> Snapshot:
     cfg = ctx.pipeline.config
     source = ctx.pipeline.source
+    inputs, target = ctx.pipeline.inputs, ctx.pipeline.target
     if not source.is_dir():
         raise DataError(
             f"data source {source} does not exist: set data.source in {ctx.pipeline.folder / 'pipeline.yaml'}"
@@ -82,7 +83,7 @@ def run(ctx: StageContext) -> Snapshot:
             old_paths.append(path)
             continue
         try:
-            x, y = read_shard(path, cfg.data)
+            x, y = read_shard(path, inputs, target)
         except ShardInvalid as e:
             quarantined.append(quarantine(path, sha, str(e)))
             ctx.say(f"quarantined {path.name}: {e}")
@@ -102,29 +103,37 @@ def run(ctx: StageContext) -> Snapshot:
                         skip_reason=reason)
 
     rng = np.random.default_rng(cfg.ingest.seed)
-    x_new, y_new = np.concatenate(xs), np.concatenate(ys)
+    x_new, y_new = concat(xs), np.concatenate(ys)
     order = rng.permutation(len(y_new))
     n_hold = max(1, int(round(len(y_new) * cfg.ingest.holdout_fraction)))
     hold, train = order[:n_hold], order[n_hold:]
-    x_train, y_train = x_new[train], y_new[train]
+    # Early stopping watches its own split of the new training rows: the gate's holdout stays
+    # unseen by every decision before validate.
+    val_file = None
+    if cfg.train.early_stopping_patience:
+        n_val = max(1, int(round(len(train) * cfg.train.validation_fraction)))
+        val, train = train[:n_val], train[n_val:]
+        val_file = str(ctx.path("snapshot", "validation.npz"))
+        save_arrays(Path(val_file), take(x_new, val), y_new[val])
+    x_train, y_train = take(x_new, train), y_new[train]
 
     # Replay: older rows mixed into training so the candidate does not forget the past.
     replay_rows = 0
     want = int(len(train) * cfg.ingest.replay_fraction)
     if want and old_paths:
-        olds = [read_shard(p, cfg.data) for p in old_paths]
-        x_old, y_old = np.concatenate([o[0] for o in olds]), np.concatenate([o[1] for o in olds])
+        olds = [read_shard(p, inputs, target) for p in old_paths]
+        x_old, y_old = concat([o[0] for o in olds]), np.concatenate([o[1] for o in olds])
         pick = rng.choice(len(y_old), size=min(want, len(y_old)), replace=False)
-        x_train, y_train = np.concatenate([x_train, x_old[pick]]), np.concatenate([y_train, y_old[pick]])
+        x_train, y_train = concat([x_train, take(x_old, pick)]), np.concatenate([y_train, y_old[pick]])
         replay_rows = len(pick)
 
     save_arrays(ctx.path("snapshot", "train.npz"), x_train, y_train)
-    save_arrays(ctx.path("snapshot", "holdout_new.npz"), x_new[hold], y_new[hold])
+    save_arrays(ctx.path("snapshot", "holdout_new.npz"), take(x_new, hold), y_new[hold])
     slices: dict[str, str] = {}
     golden_rows = 0
     for name, path in ctx.pipeline.slice_files.items():
         try:
-            sx, sy = read_shard(path, cfg.data)
+            sx, sy = read_shard(path, inputs, target)
         except (ShardInvalid, FileNotFoundError) as e:
             key = "data.golden" if name == "golden" else f"data.slices.{name}"
             raise DataError(f"holdout slice '{name}' at {path} is unusable ({e}): fix {key}") from None
@@ -143,6 +152,7 @@ def run(ctx: StageContext) -> Snapshot:
         holdout_new_rows=n_hold,
         golden_rows=golden_rows,
         learned=tuple(sorted(learned | {s.sha256 for s in new})),
+        validation_file=val_file,
     )
 
 

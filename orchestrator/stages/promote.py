@@ -57,7 +57,7 @@ def run(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, onnx_mode
     name = ctx.pipeline.name
     reasons = tuple(f"{v.rule}: {v.verdict} ({v.reason})" for v in scorecard.verdicts)
     x, _ = load_arrays(snapshot.holdout_new_file)
-    sample = np.ascontiguousarray(x[:8])
+    sample = {k: np.ascontiguousarray(v[:8]) for k, v in x.items()}
     bundle = _bundle(ctx, snapshot, checkpoint, engines, scorecard)
     ctx.say("registering the candidate in MLflow")
     version = ctx.registry.register(

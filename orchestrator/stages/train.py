@@ -21,11 +21,13 @@ import os
 import shutil
 import signal
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.artifacts import Checkpoint, Snapshot, sha256_file
 from orchestrator.context import StageContext
+from orchestrator.door import Batch, Hooks, TrainSettings, forward, load_hooks
 from orchestrator.errors import TrainingError
 
 
@@ -37,50 +39,224 @@ def _crash_on_cue(rank: int, epoch: int, resumed: bool) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _save_state(state_file: Path, weights: dict, opt, epoch: int, history: list, restarts: int) -> None:
-    """A training checkpoint _resume reads back, written under a temporary name and renamed
-    (a crash mid-write leaves the previous one)."""
+@dataclass(frozen=True)
+class Recipe:
+    """Everything the loop needs besides the model and the data; picklable, so the same
+    recipe reaches Ray Train workers."""
+
+    task: str
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    checkpoint_every: int
+    patience: int | None = None
+    grad_clip_norm: float | None = None
+    mixed_precision: str = "off"  # off | bf16 | fp16, already resolved for the device
+
+
+def recipe_for(cfg, task: str, epochs: int, lr: float, device: str) -> tuple[Recipe, str]:
+    """The recipe and, for the record, why mixed precision is on or off."""
+    import torch
+
+    amp, why = "off", "off: train.mixed_precision: off"
+    if cfg.mixed_precision != "off":
+        if not device.startswith("cuda"):
+            why = "off: training on CPU (autocast pays on GPUs; on CPUs it is slower and changes the numbers)"
+        else:
+            amp = cfg.mixed_precision
+            if amp == "auto":
+                amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            why = f"{amp} autocast on {device} (train.mixed_precision: {cfg.mixed_precision})"
+    return Recipe(task, epochs, cfg.batch_size, lr, cfg.seed, cfg.checkpoint_every, cfg.early_stopping_patience,
+                  cfg.grad_clip_norm, amp), why
+
+
+class Loop:
+    """One training loop for both placements: the optimizer, the step, the loss, the history
+    row, early stopping and the checkpoint state are built here and only here. The hooks of
+    model.py replace pieces of it (door.Hooks)."""
+
+    def __init__(self, model, hooks: Hooks, recipe: Recipe, device, steps_per_epoch: int):
+        import torch
+
+        from orchestrator.tasks import task_for
+
+        self.model, self.hooks, self.recipe, self.device = model, hooks, recipe, device
+        self.task = task_for(recipe.task)
+        settings = TrainSettings(lr=recipe.lr, epochs=recipe.epochs, steps_per_epoch=max(1, steps_per_epoch),
+                                 batch_size=recipe.batch_size)
+        made = hooks.build_optimizer(model.parameters(), settings) if hooks.build_optimizer else \
+            torch.optim.Adam(model.parameters(), lr=recipe.lr)
+        self.opt, self.sched = made if isinstance(made, tuple) else (made, None)
+        if not isinstance(self.opt, torch.optim.Optimizer):
+            raise TrainingError(f"build_optimizer() returned {type(self.opt).__name__}: return a torch.optim.Optimizer "
+                                "or (optimizer, lr_scheduler)")
+        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.mixed_precision)
+        self.scaler = torch.amp.GradScaler("cuda") if recipe.mixed_precision == "fp16" else None
+        self.history: list[dict[str, float]] = []
+        self.best: tuple[float, int, dict] | None = None  # (validation loss, epoch, weights)
+        self.generator = torch.Generator().manual_seed(recipe.seed)
+
+    def loss(self, outputs, batch: Batch):
+        if self.hooks.loss:
+            return self.hooks.loss(outputs, batch)
+        return self.task.loss(outputs.float(), batch.target)
+
+    def batch(self, x, y, idx) -> Batch:
+        import torch
+
+        return Batch(inputs={k: torch.from_numpy(v[idx]).to(self.device) for k, v in x.items()},
+                     target=torch.from_numpy(y[idx]).to(self.device))
+
+    def step(self, batch: Batch) -> dict:
+        import contextlib
+
+        import torch
+
+        if self.hooks.augment:
+            batch = self.hooks.augment(batch, self.generator)
+        if self.hooks.train_step:
+            out = self.hooks.train_step(self.model, batch, self.opt, self.loss)
+        else:
+            self.opt.zero_grad()
+            autocast = torch.autocast("cuda", dtype=self.amp) if self.amp else contextlib.nullcontext()
+            with autocast:
+                outputs = forward(self.model, batch.inputs)
+                loss = self.loss(outputs, batch)
+            if self.scaler:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.opt)
+            else:
+                loss.backward()
+            if self.recipe.grad_clip_norm:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip_norm)
+            if self.scaler:
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            else:
+                self.opt.step()
+            out = {"loss": loss, "outputs": outputs}
+        if self.sched is not None:
+            self.sched.step()
+        return out
+
+    def epoch(self, x, y, indices):
+        """One pass over `indices`: sums of (loss*n, n, the task's per-example statistics), float64."""
+        import torch
+
+        self.model.train()
+        sums = None
+        for begin in range(0, len(indices), self.recipe.batch_size):
+            idx = indices[begin:begin + self.recipe.batch_size]
+            b = self.batch(x, y, idx)
+            out = self.step(b)
+            loss = float(out["loss"])
+            part = [loss * len(idx), len(idx)]
+            if out.get("outputs") is not None:
+                part += list(self.task.per_example(out["outputs"].detach().float().cpu().numpy(), y[idx]).sum(0))
+            row = torch.tensor(part, dtype=torch.float64)
+            sums = row if sums is None else sums + (row if len(row) == len(sums) else torch.nn.functional.pad(
+                row, (0, len(sums) - len(row))))
+        return sums if sums is not None else torch.zeros(2, dtype=torch.float64)
+
+    def validation_loss(self, val) -> float:
+        import torch
+
+        x, y = val
+        self.model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for begin in range(0, len(y), 256):
+                b = self.batch(x, y, slice(begin, begin + 256))
+                total += float(self.loss(forward(self.model, b.inputs), b)) * len(b.target)
+                n += len(b.target)
+        return total / max(n, 1)
+
+    def record(self, epoch: int, sums, val_loss: float | None) -> bool:
+        """Append the epoch's history row; True when early stopping says stop."""
+        n = float(sums[1]) or 1.0
+        row = {"epoch": epoch, "train_loss": float(sums[0] / n)}
+        if len(sums) > 2:
+            row[f"train_{self.task.primary}"] = float(self.task.from_sums(self.task.primary, sums[2:].numpy(), n))
+        if self.sched is not None:
+            row["lr"] = float(self.opt.param_groups[0]["lr"])
+        self.history.append(row)
+        if val_loss is None:
+            return False
+        row["val_loss"] = val_loss
+        if self.best is None or val_loss < self.best[0]:
+            inner = self.model.module if hasattr(self.model, "module") else self.model
+            self.best = (val_loss, epoch, {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()})
+            return False
+        return epoch - self.best[1] >= self.recipe.patience
+
+    def final_weights(self) -> dict:
+        """The weights to keep: with early stopping, those of the best validation epoch."""
+        if self.best is not None:
+            return self.best[2]
+        inner = self.model.module if hasattr(self.model, "module") else self.model
+        return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
+
+    def state(self, epoch: int, restarts: int) -> dict:
+        inner = self.model.module if hasattr(self.model, "module") else self.model
+        return {"model": {k: v.cpu() for k, v in inner.state_dict().items()}, "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict() if self.sched is not None else None, "epoch": epoch,
+                "history": self.history, "restarts": restarts, "best": self.best}
+
+    def load(self, state: dict) -> tuple[int, int]:
+        """A checkpoint's state back into the loop: (the epoch to continue at, restarts)."""
+        inner = self.model.module if hasattr(self.model, "module") else self.model
+        inner.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.sched is not None and state.get("scheduler"):
+            self.sched.load_state_dict(state["scheduler"])
+        self.history, self.best = state["history"], state.get("best")
+        return state["epoch"] + 1, state["restarts"] + 1
+
+
+def fit(loop: Loop, x, y, val, *, rank: int, world: int, start: int, checkpoint: Callable[[int, bool], None],
+        before_epoch: Callable[[int], None] = lambda e: None) -> int:
+    """Train from epoch `start`: the same permutation on every rank, then a disjoint equal
+    slice per rank, so DDP's collectives stay in step. `checkpoint(epoch, last)` is called
+    every train.checkpoint_every epochs and at the end, on every rank (Ray Train V2 needs
+    all ranks to report together). Returns the last epoch trained."""
+    import numpy as np
+    import torch.distributed as dist
+
+    r = loop.recipe
+    per_rank = len(y) // world
+    epoch = start - 1
+    for epoch in range(start, r.epochs):
+        before_epoch(epoch)
+        order = np.random.default_rng(r.seed + epoch).permutation(len(y))
+        sums = loop.epoch(x, y, order[rank * per_rank:(rank + 1) * per_rank])
+        val_loss = None
+        if world > 1:
+            dist.all_reduce(sums)
+        if val is not None and r.patience:
+            val_loss = loop.validation_loss(val)  # identical weights and rows on every rank: the same figure
+        stop = loop.record(epoch, sums, val_loss)
+        last = stop or epoch == r.epochs - 1
+        if last or (epoch + 1) % r.checkpoint_every == 0:
+            checkpoint(epoch, last)
+        if stop:
+            break
+    return epoch
+
+
+def _save_state(state_file: Path, state: dict) -> None:
+    """A training checkpoint, written under a temporary name and renamed (a crash mid-write
+    leaves the previous one)."""
     import torch
 
     tmp = state_file.with_suffix(".tmp")
-    torch.save({"model": weights, "optimizer": opt.state_dict(), "epoch": epoch, "history": history,
-                "restarts": restarts}, tmp)
+    torch.save(state, tmp)
     tmp.rename(state_file)
-
-
-def _resume(state_file: Path, model, opt, device) -> tuple[list, int, int]:
-    """Load a training checkpoint into `model` and `opt`: (history, the epoch to continue at, restarts)."""
-    import torch
-
-    state = torch.load(state_file, map_location=device, weights_only=False)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    return state["history"], state["epoch"] + 1, state["restarts"] + 1
-
-
-def run_epoch(model, opt, loss_fn, x, y, indices, batch_size: int, device):
-    """One pass over `indices` in batches; returns (sum of loss*n, correct, n) as float64."""
-    import torch
-
-    model.train()
-    sums = torch.zeros(3, dtype=torch.float64)
-    for begin in range(0, len(indices), batch_size):
-        idx = indices[begin:begin + batch_size]
-        xb = torch.from_numpy(x[idx]).to(device)
-        yb = torch.from_numpy(y[idx]).to(device)
-        opt.zero_grad()
-        logits = model(xb)
-        loss = loss_fn(logits, yb)
-        loss.backward()
-        opt.step()
-        sums += torch.tensor([loss.item() * len(idx), (logits.argmax(1) == yb).sum().item(), len(idx)],
-                             dtype=torch.float64)
-    return sums
 
 
 def train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
-    import numpy as np
     import ray
     import ray.train
     import torch
@@ -97,55 +273,48 @@ def train_loop(config: dict[str, Any]) -> None:
     cpus = next((n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == here), 1)
     torch.set_num_threads(max(1, int(cpus) // max(1, ctx.get_local_world_size())))
     with tempfile.TemporaryDirectory() as tmp:  # model.py arrives as source: no shared disk needed
-        (Path(tmp) / "model.py").write_text(config["model_source"])
-        model = load_module(Path(tmp) / "model.py").build_model()
+        path = Path(tmp) / "model.py"
+        path.write_text(config["model_source"])
+        module = load_module(path)
+        model, hooks = module.build_model(), load_hooks(module, path)
     torch.manual_seed(config["seed"])
-    x, y = (a.copy() for a in ray.get(config["data"]))  # object-store arrays are read-only
-    opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    history: list[dict[str, float]] = []
-    start, restarts, resumed_from = 0, 0, None
+    x, y, val = ray.get(config["data"])
+    x = {k: v.copy() for k, v in x.items()}  # object-store arrays are read-only
+    y = y.copy()
+    recipe: Recipe = config["recipe"]
     ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:  # a restarted group: continue where the last checkpoint left off
-        with ckpt.as_directory() as folder:
-            history, start, restarts = _resume(Path(folder) / "state.pt", model, opt, "cpu")
-        resumed_from = start
-    elif config["init_weights"] is not None:
+    if ckpt is None and config["init_weights"] is not None:
         model.load_state_dict(torch.load(io.BytesIO(ray.get(config["init_weights"])), map_location="cpu",
                                          weights_only=True))
     model = prepare_model(model)
     device = get_device()
+    loop = Loop(model, hooks, recipe, device, -(-(len(y) // world) // recipe.batch_size))
+    start, restarts, resumed_from = 0, 0, None
+    if ckpt is not None:  # a restarted group: continue where the last checkpoint left off
+        with ckpt.as_directory() as folder:
+            start, restarts = loop.load(torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=False))
+        resumed_from = start
     nodes: list[Any] = [ray.get_runtime_context().get_node_id()]  # the Ray node of each rank
     if world > 1:
         nodes = nodes * world
         dist.all_gather_object(nodes, nodes[0])
 
-    per_rank = len(y) // world
-    bs = config["batch_size"]
-    loss_fn = torch.nn.CrossEntropyLoss()
-    last = config["epochs"] - 1
-    for epoch in range(start, config["epochs"]):
-        _crash_on_cue(rank, epoch, ckpt is not None)
-        # Same permutation on every rank, then a disjoint equal slice per rank.
-        order = np.random.default_rng(config["seed"] + epoch).permutation(len(y))
-        sums = run_epoch(model, opt, loss_fn, x, y, order[rank * per_rank:(rank + 1) * per_rank], bs, device)
-        if world > 1:
-            dist.all_reduce(sums)
-        history.append({"epoch": epoch, "train_loss": float(sums[0] / sums[2]),
-                        "train_accuracy": float(sums[1] / sums[2])})
-        # Every rank reports together (Ray Train V2 requires it); rank 0 attaches the checkpoint.
-        if epoch == last or (epoch + 1) % config["checkpoint_every"] == 0:
-            metrics = {"epoch": epoch, **{k: history[-1][k] for k in ("train_loss", "train_accuracy")}}
-            if rank == 0:
-                with tempfile.TemporaryDirectory() as tmp:
-                    inner = model.module if hasattr(model, "module") else model
-                    weights = {k: v.cpu() for k, v in inner.state_dict().items()}
-                    _save_state(Path(tmp) / "state.pt", weights, opt, epoch, history, restarts)
-                    torch.save(weights, Path(tmp) / "weights.pt")
-                    (Path(tmp) / "run.json").write_text(json.dumps(
-                        {"history": history, "nodes": nodes, "restarts": restarts, "resumed_from_epoch": resumed_from}))
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            else:
-                ray.train.report(metrics)
+    def checkpoint(epoch: int, last: bool) -> None:
+        metrics = {k: v for k, v in loop.history[-1].items()}
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            _save_state(Path(tmp) / "state.pt", loop.state(epoch, restarts))
+            torch.save(loop.final_weights(), Path(tmp) / "weights.pt")
+            (Path(tmp) / "run.json").write_text(json.dumps(
+                {"history": loop.history, "nodes": nodes, "restarts": restarts, "resumed_from_epoch": resumed_from,
+                 "stopped_early": last and epoch < recipe.epochs - 1,
+                 "best_epoch": loop.best[1] if loop.best else None}))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    fit(loop, x, y, val, rank=rank, world=world, start=start, checkpoint=checkpoint,
+        before_epoch=lambda e: _crash_on_cue(rank, e, ckpt is not None))
 
 
 def plan_workers(cfg, resources: dict[str, float], cpu_nodes: int) -> tuple[int, bool, str]:
@@ -162,23 +331,21 @@ def plan_workers(cfg, resources: dict[str, float], cpu_nodes: int) -> tuple[int,
     return n, False, f"auto: no GPUs, one per node ({n})"
 
 
-def estimate_seconds(model, x, y, batch_size: int, epochs: int, lr: float) -> float:
-    """The single-process compute of the whole training, from timing a few real steps on a copy."""
+def estimate_seconds(model, hooks: Hooks, recipe: Recipe, x, y) -> float:
+    """The single-process compute of the whole training, from timing a few real steps of
+    the real loop (the pipeline's hooks included) on a copy of the model."""
     import copy
     import time
 
-    import torch
-
-    probe = copy.deepcopy(model)
-    opt = torch.optim.Adam(probe.parameters(), lr=lr)
-    idx = list(range(min(batch_size, len(y))))
+    probe = Loop(copy.deepcopy(model), hooks, recipe, "cpu", 1)
+    idx = list(range(min(recipe.batch_size, len(y))))
     steps = []
     for _ in range(6):  # the first step pays for lazy initialisation: drop it
         t0 = time.perf_counter()
-        run_epoch(probe, opt, torch.nn.CrossEntropyLoss(), x, y, idx, batch_size, "cpu")
+        probe.epoch(x, y, idx)
         steps.append(time.perf_counter() - t0)
     # The fastest step: what the work costs; slower ones measured a neighbour's load too.
-    return min(steps[1:]) * -(-len(y) // batch_size) * epochs
+    return min(steps[1:]) * -(-len(y) // recipe.batch_size) * recipe.epochs
 
 
 def recipe(cfg, warm: bool) -> tuple[int, float]:
@@ -190,44 +357,42 @@ def recipe(cfg, warm: bool) -> tuple[int, float]:
     return cfg.warm_start_epochs or cfg.epochs, cfg.warm_start_lr or cfg.lr
 
 
-def _train_here(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | None, why: str, epochs: int,
-                lr: float) -> Checkpoint:
+def _train_here(ctx: StageContext, snapshot: Snapshot, model, hooks: Hooks, data, init: str | None, why: str,
+                recipe: Recipe, amp_why: str, device: str) -> Checkpoint:
     """Train in this process: for tiny compute, Ray Train's worker group costs more to start and
     stop (~20 s here) than the training; on one machine without GPUs it has nothing to
     distribute. Checkpoints every `checkpoint_every` epochs to the cycle's folder, so a crashed
     cycle's `--resume` continues from the last one."""
-    import numpy as np
     import torch
 
-    cfg = ctx.pipeline.config.train
-    device = "cuda" if cfg.use_gpu is not False and torch.cuda.is_available() else "cpu"
+    x, y, val = data
     model = model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    history: list[dict[str, float]] = []
+    loop = Loop(model, hooks, recipe, device, -(-len(y) // recipe.batch_size))
     start, restarts, resumed_from = 0, 0, None
     state_file = ctx.path("checkpoint", "state.pt")
     if state_file.exists():  # a resumed cycle: continue from the last checkpoint
-        history, start, restarts = _resume(state_file, model, opt, device)
+        start, restarts = loop.load(torch.load(state_file, map_location=device, weights_only=False))
         resumed_from = start
-    for epoch in range(start, epochs):
+
+    def before_epoch(epoch: int) -> None:
         if ctx.stop_requested():  # SIGTERM: keep the epochs done, so that --resume continues here
             if epoch > start:
-                _save_state(state_file, model.state_dict(), opt, epoch - 1, history, restarts)
-            ctx.check_stop(f"train, before epoch {epoch + 1} of {epochs} (epochs done are checkpointed)")
-        order = np.random.default_rng(cfg.seed + epoch).permutation(len(y))
-        sums = run_epoch(model, opt, loss_fn, x, y, order, cfg.batch_size, device)
-        history.append({"epoch": epoch, "train_loss": float(sums[0] / sums[2]),
-                        "train_accuracy": float(sums[1] / sums[2])})
-        if (epoch + 1) % cfg.checkpoint_every == 0 and epoch != epochs - 1:
-            _save_state(state_file, model.state_dict(), opt, epoch, history, restarts)
+                _save_state(state_file, loop.state(epoch - 1, restarts))
+            ctx.check_stop(f"train, before epoch {epoch + 1} of {recipe.epochs} (epochs done are checkpointed)")
+
+    def checkpoint(epoch: int, last: bool) -> None:
+        if not last:
+            _save_state(state_file, loop.state(epoch, restarts))
+
+    last = fit(loop, x, y, val, rank=0, world=1, start=start, checkpoint=checkpoint, before_epoch=before_epoch)
     weights = ctx.path("checkpoint", "weights.pt")
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
+    torch.save(loop.final_weights(), weights)
     return Checkpoint(
-        weights_file=str(weights), sha256=sha256_file(weights), epochs=epochs, num_workers=1,
+        weights_file=str(weights), sha256=sha256_file(weights), epochs=len(loop.history), num_workers=1,
         use_gpu=device == "cuda", warm_started_from=snapshot.champion.version if init else None,
-        history=tuple(history), restarts=restarts, resumed_from_epoch=resumed_from, workers_reason=why,
-        placement="in_process", lr=lr,
+        history=tuple(loop.history), restarts=restarts, resumed_from_epoch=resumed_from, workers_reason=why,
+        placement="in_process", lr=recipe.lr, mixed_precision=amp_why, hooks=tuple(hooks.names()),
+        stopped_early=last < recipe.epochs - 1, best_epoch=loop.best[1] if loop.best else None,
     )
 
 
@@ -256,15 +421,20 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
     champion = snapshot.champion
     init = str(Path(champion.folder) / "weights.pt") if cfg.warm_start and champion is not None else None
     torch.manual_seed(cfg.seed)
+    hooks = ctx.pipeline.hooks()
     model = ctx.pipeline.module().build_model()
     if init:
         model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
     x, y = load_arrays(snapshot.train_file)
+    val = load_arrays(snapshot.validation_file) if snapshot.validation_file else None
     epochs, lr = recipe(cfg, init is not None)
     start = f", warm start from v{champion.version}" if init else ", from scratch"
+    if hooks.names():
+        start += f"; model.py hooks: {', '.join(hooks.names())}"
     sized = ""
     if cfg.workers == "auto" and cfg.in_process_below_s:
-        est = estimate_seconds(model, x, y, cfg.batch_size, epochs, lr)
+        probe, _ = recipe_for(cfg, ctx.pipeline.config.task, epochs, lr, "cpu")
+        est = estimate_seconds(model, hooks, probe, x, y)
         if est < cfg.in_process_below_s:
             why = (f"auto: estimated compute {est:.1f} s < train.in_process_below_s ({cfg.in_process_below_s:g} s), "
                    "so trained in this process without Ray Train's worker start-up")
@@ -274,22 +444,23 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
         else:
             why = ""
         if why:
+            device = "cuda" if cfg.use_gpu is not False and torch.cuda.is_available() else "cpu"
+            rec, amp_why = recipe_for(cfg, ctx.pipeline.config.task, epochs, lr, device)
             ctx.say(f"training in this process ({why}), {epochs} epochs at lr {lr:g}, {snapshot.train_rows} rows{start}")
-            out = _train_here(ctx, snapshot, model, x, y, init, why, epochs, lr)
+            out = _train_here(ctx, snapshot, model, hooks, (x, y, val), init, why, rec, amp_why, device)
             _log_history(ctx, out.history)
             return out
         sized = f"; estimated compute {est:.1f} s >= train.in_process_below_s ({cfg.in_process_below_s:g} s)"
-    return _train_on_ray(ctx, snapshot, model, x, y, init, start, epochs, lr, sized)
+    return _train_on_ray(ctx, snapshot, model, hooks, (x, y, val), init, start, epochs, lr, sized)
 
 
 def _log_history(ctx: StageContext, history) -> None:
     for row in history:
-        ctx.registry.log_metrics(ctx.run_id, {"train_loss": row["train_loss"], "train_accuracy": row["train_accuracy"]},
-                                 step=row["epoch"])
+        ctx.registry.log_metrics(ctx.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
 
-def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str | None, start: str, epochs: int,
-                  lr: float, sized: str = "") -> Checkpoint:
+def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, hooks: Hooks, data, init: str | None, start: str,
+                  epochs: int, lr: float, sized: str = "") -> Checkpoint:
     import ray
     import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -309,6 +480,7 @@ def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str 
 
         seen = [f"{ip}: {', '.join(names)}" for ip, names in gpu_inventory().items() if names]
         why += f"; NVML: {'; '.join(seen) or 'no GPU visible to NVML'}"
+    rec, amp_why = recipe_for(cfg, ctx.pipeline.config.task, epochs, lr, "cuda" if use_gpu else "cpu")
     init_ref = None
     if init:
         buf = io.BytesIO()
@@ -319,11 +491,8 @@ def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str 
     storage_path, storage_fs = ctx.storage.ray_train_storage()
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={
-            "model_source": ctx.pipeline.model_file.read_text(), "data": ray.put((x, y)),
-            "init_weights": init_ref, "epochs": epochs, "batch_size": cfg.batch_size, "lr": lr,
-            "seed": cfg.seed, "checkpoint_every": cfg.checkpoint_every,
-        },
+        train_loop_config={"model_source": ctx.pipeline.model_file.read_text(), "data": ray.put(data),
+                           "init_weights": init_ref, "recipe": rec, "seed": cfg.seed},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         torch_config=_torch_config("nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
@@ -347,10 +516,11 @@ def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, x, y, init: str 
     history = run_info["history"]
     _log_history(ctx, history)
     return Checkpoint(
-        weights_file=str(weights), sha256=sha256_file(weights), epochs=epochs, num_workers=workers,
+        weights_file=str(weights), sha256=sha256_file(weights), epochs=len(history), num_workers=workers,
         use_gpu=use_gpu, warm_started_from=snapshot.champion.version if init else None, history=tuple(history),
         nodes=tuple(run_info["nodes"]), restarts=run_info["restarts"], resumed_from_epoch=run_info["resumed_from_epoch"],
-        workers_reason=why, lr=lr,
+        workers_reason=why, lr=lr, mixed_precision=amp_why, hooks=tuple(hooks.names()),
+        stopped_early=run_info["stopped_early"], best_epoch=run_info["best_epoch"],
     )
 
 

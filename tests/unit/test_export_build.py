@@ -61,7 +61,7 @@ def test_build_makes_variants_and_cached_engines(exported):
     assert "tensorrt" in engines.skipped_backends and engines.skipped_backends["tensorrt"]
     assert {(e.backend, e.precision) for e in engines.candidate} == {("onnxruntime", p) for p in by_precision}
     assert not any(e.cached for e in engines.candidate)
-    x = np.zeros((3, 1, 8, 8), dtype=np.float32)
+    x = {"input": np.zeros((3, 1, 8, 8), dtype=np.float32)}
     for e in engines.candidate:
         assert backend(e.backend).load(Path(e.path))(x).shape == (3, 10)
     # A second build of the same variants on the same machine is a cache hit.

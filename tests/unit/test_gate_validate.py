@@ -117,9 +117,9 @@ def test_a_lower_precision_is_served_only_when_faster_beyond_noise():
 
 
 def test_accuracy_and_interleaved_latency_on_known_runners():
-    x = np.arange(6, dtype=np.float32).reshape(6, 1)
+    x = {"input": np.arange(6, dtype=np.float32).reshape(6, 1)}
     y = np.array([0, 1, 0, 1, 0, 0])
-    always_one = lambda b: np.tile(np.array([[0.0, 1.0]], dtype=np.float32), (len(b), 1))
+    always_one = lambda b: np.tile(np.array([[0.0, 1.0]], dtype=np.float32), (len(b["input"]), 1))
     assert accuracy.correct(always_one, x, y).tolist() == [False, True, False, True, False, False]
     calls = []
     runners = {"a": lambda b: calls.append("a"), "b": lambda b: calls.append("b")}
@@ -133,9 +133,9 @@ def test_throughput_is_the_best_batch_within_the_sla():
     import time
 
     def slow_at_big_batches(b):
-        time.sleep(0.004 if len(b) >= 64 else 0.0)
+        time.sleep(0.004 if len(b["input"]) >= 64 else 0.0)
 
-    out = latency.sweep({"e": slow_at_big_batches}, np.zeros((4, 2), np.float32), (1, 8, 64), sla_ms=2.0,
+    out = latency.sweep({"e": slow_at_big_batches}, {"input": np.zeros((4, 2), np.float32)}, (1, 8, 64), sla_ms=2.0,
                         rounds=2, calls_per_round=2)
     pts = {p.batch: p for p in out["e"]}
     assert pts[64].within_sla is False and pts[8].within_sla

@@ -53,6 +53,7 @@ def test_bad_shards_quarantined_with_reasons_and_good_ones_used(stream, home):
     assert snap.skip_reason is None
     assert [s.name for s in snap.new_shards] == [p.name for p in good]
     x, y = load_arrays(snap.train_file)
+    x = x["input"]
     assert x.shape[1:] == (1, 8, 8) and x.dtype == np.float32
     assert snap.train_rows + snap.holdout_new_rows == 500
     assert snap.golden_rows == 400
@@ -98,7 +99,7 @@ def test_named_holdout_slices_are_materialized_and_gateable(stream, home):
     snap = ingest.run(context(home, digits))
     assert set(snap.slices) == {"golden", "hard"} and snap.golden_file == snap.slices["golden"]
     x, y = load_arrays(snap.slices["hard"])
-    assert len(y) == 250 and x.shape[1:] == (1, 8, 8)
+    assert len(y) == 250 and x["input"].shape[1:] == (1, 8, 8)
 
 
 def test_the_heavy_workload_simulates_from_a_copy_of_its_folder(home, tmp_path):
@@ -110,7 +111,9 @@ def test_the_heavy_workload_simulates_from_a_copy_of_its_folder(home, tmp_path):
     heavy = tmp_path / "elsewhere" / "heavy"
     shutil.copytree(Path(__file__).resolve().parents[2] / "benchmarks" / "heavy", heavy, ignore=shutil.ignore_patterns("__pycache__"))
     (path,) = api.simulate(heavy, shards=1)
-    x, y = read_shard(path, load_pipeline(heavy).config.data)
+    p = load_pipeline(heavy)
+    x, y = read_shard(path, p.inputs, p.target)
+    x = x["input"]
     assert x.shape == (1000, 1, 16, 16) and x.dtype == np.float32 and set(np.unique(y)) <= set(range(10))
 
 

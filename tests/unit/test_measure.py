@@ -23,7 +23,7 @@ def tiny_onnx(path):
 
 def test_params_and_flops_of_a_known_graph(tmp_path):
     tiny_onnx(tmp_path / "m.onnx")
-    s = size.measure(tmp_path / "m.onnx", (1, 8, 8))
+    s = size.measure(tmp_path / "m.onnx", {"x": (1, 8, 8)})
     assert s.param_count == 2 * 9 + 2 + 10 * 128 + 10
     # Conv: 2 x (2 x 8 x 8 outputs) x (1 x 3 x 3 MACs each); Gemm: 2 x 10 x 128
     assert s.flops_per_sample == 2 * 128 * 9 + 2 * 10 * 128

@@ -54,7 +54,7 @@ def make_raw(sc):
     for who, e in engines:
         key = f"{who}:{e.backend}:{e.precision}"
         raw.latency[key] = {b: rng.lognormal(np.log(1e-4 * b), 0.2, size=(20, 20)) for b in BATCHES}
-        raw.correct[key] = {s: rng.random(100) < f.value for s, f in e.accuracy.items()}
+        raw.examples[key] = {s: (rng.random(100) < f.value).astype(float)[:, None] for s, f in e.accuracy.items()}
     return raw
 
 
