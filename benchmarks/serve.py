@@ -142,6 +142,7 @@ def main() -> None:
         if first["decision"] != "PROMOTED":
             sys.exit(f"cycle 1 was {first['decision']}: {first['reasons']}")
         gx, _ = load_arrays(Path(first["stages"]["ingest"]["output"]["golden_file"]))
+        gx = gx["input"]
         example = gx[0].tolist()
 
         moves: list[float] = []  # when the watcher noticed each alias move

@@ -151,7 +151,7 @@ class Loop:
             idx = indices[begin:begin + self.recipe.batch_size]
             b = self.batch(x, y, idx)
             out = self.step(b)
-            loss = float(out["loss"])
+            loss = float(out["loss"].detach() if hasattr(out["loss"], "detach") else out["loss"])
             part = [loss * len(idx), len(idx)]
             if out.get("outputs") is not None:
                 part += list(self.task.per_example(out["outputs"].detach().float().cpu().numpy(), y[idx]).sum(0))

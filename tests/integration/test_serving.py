@@ -87,6 +87,7 @@ def served(tmp_path_factory):
     first = api.run_cycle(digits)
     assert first["decision"] == "PROMOTED" and first["version"] == "1", first["reasons"]
     gx, gy = load_arrays(Path(first["stages"]["ingest"]["output"]["golden_file"]))
+    gx = gx["input"]  # digits has one input
     said: list[str] = []
     server = serving.start(digits, port=_free_port(), poll_s=0.5, say=said.append)
     yield SimpleNamespace(digits=digits, server=server, first=first, gx=gx, gy=gy, said=said)
@@ -148,7 +149,7 @@ def test_serves_the_champion_with_the_engine_validation_measured(served):
         assert r.status_code == 200, r.text
         outputs += r.json()["outputs"]
         predictions += r.json()["predictions"]
-    assert np.allclose(outputs, runner(served.gx), atol=1e-5)
+    assert np.allclose(outputs, runner({"input": served.gx}), atol=1e-5)
     assert np.mean(np.array(predictions) == served.gy) > 0.85
 
 

@@ -1,0 +1,144 @@
+"""Every reference pipeline through the whole product: two real cycles (PROMOTED, then PROMOTED
+against the champion), `plaster gate`, `plaster serve` with a good request and bad ones,
+`plaster history` and the report. Tabular columns, token ids with a second dense input
+(multilabel), a regression target gated on MAE, and the hooks pipeline."""
+
+import json
+import shutil
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import requests
+from typer.testing import CliRunner
+
+from orchestrator import api, serving
+from orchestrator.cli import app
+from orchestrator.config import load_pipeline
+from orchestrator.dataset import load_arrays
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINES = ("tabular", "text", "regression", "weighted")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", params=PIPELINES)
+def cycles(request, tmp_path_factory):
+    name = request.param
+    mp = pytest.MonkeyPatch()
+    tmp = tmp_path_factory.mktemp(name)
+    mp.setenv("PLASTER_HOME", str(tmp / "plaster-home"))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.delenv("PLASTER_CRASH_AFTER", raising=False)
+    folder = tmp / "pipelines" / name
+    shutil.copytree(ROOT / "pipelines" / name, folder)
+    api.simulate(folder, shards=4)
+    first = api.run_cycle(folder)
+    api.simulate(folder, shards=4)
+    second = api.run_cycle(folder)
+    yield SimpleNamespace(name=name, folder=folder, first=first, second=second, pipeline=load_pipeline(folder))
+    mp.undo()
+
+
+def test_two_cycles_promote_and_the_second_is_judged_against_the_champion(cycles):
+    first, second = cycles.first, cycles.second
+    assert (first["decision"], first["version"]) == ("PROMOTED", "1"), first["reasons"]
+    assert (second["decision"], second["version"]) == ("PROMOTED", "2"), second["reasons"]
+    task = cycles.pipeline.task
+    sc = second["stages"]["validate"]["output"]
+    assert sc["champion_version"] == "1" and sc["chosen"]["metric"] == task.primary
+    assert set(sc["chosen"]["metrics"]) == set(task.metrics)
+    diffs = {(d["slice"], d["metric"]) for d in sc["comparison"]["accuracy"]}
+    assert {("new", m) for m in task.metrics} <= diffs, "every metric paired on the new slice"
+    for d in sc["comparison"]["accuracy"]:
+        assert d["ci"][0] <= d["diff"] <= d["ci"][1]
+    train = second["stages"]["train"]["output"]
+    assert train["warm_started_from"] == "1" and f"train_{task.primary}" in train["history"][-1]
+    assert train["mixed_precision"].startswith("off: training on CPU")
+    onnx_inputs = second["stages"]["export"]["output"]["input_names"]
+    assert set(onnx_inputs) == {i.name for i in cycles.pipeline.inputs}
+    assert {p["precision"] for p in sc["candidate"]} == {"fp32", "fp16", "int8"}
+    assert second["cycle_time_s"] > 0
+
+
+def test_hooks_and_training_settings_reach_the_loop(cycles):
+    train = cycles.first["stages"]["train"]["output"]
+    if cycles.name == "weighted":
+        assert set(train["hooks"]) == {"loss", "build_optimizer", "augment"}
+        assert "lr" in train["history"][0], "the schedule's learning rate is in the history"
+        lrs = [row["lr"] for row in train["history"]]
+        assert lrs[-1] < lrs[0], "cosine decay lowered the learning rate"
+    if cycles.pipeline.config.train.early_stopping_patience:
+        assert all("val_loss" in row for row in train["history"])
+        snapshot = cycles.first["stages"]["ingest"]["output"]
+        assert snapshot["validation_file"] and Path(snapshot["validation_file"]).exists()
+        _, vy = load_arrays(snapshot["validation_file"])
+        _, hy = load_arrays(snapshot["holdout_new_file"])
+        assert len(vy) > 0 and len(hy) > 0
+
+
+def test_gate_history_and_report(cycles, tmp_path):
+    runner = CliRunner()
+    gate = runner.invoke(app, ["gate", str(cycles.folder), "--candidate", "2", "--junit", str(tmp_path / "g.xml")])
+    assert gate.exit_code == 0, gate.output
+    assert "Gate → PROMOTE" in gate.output and (tmp_path / "g.xml").exists()
+    h = json.loads(runner.invoke(app, ["history", str(cycles.folder), "--json"]).stdout)
+    assert [c["decision"] for c in h["cycles"]] == ["PROMOTED", "PROMOTED"]
+    assert h["cycles"][-1]["metric"] == cycles.pipeline.task.primary
+    rep = runner.invoke(app, ["report", str(cycles.folder), "--out", str(tmp_path / "report")])
+    assert rep.exit_code == 0, rep.output
+    assert (tmp_path / "report" / "accuracy.png").read_bytes().startswith(b"\x89PNG")
+
+
+def _bad_requests(pipeline) -> list[tuple[dict, str]]:
+    """(body, a phrase the 422 must contain), per declared input."""
+    inputs = pipeline.inputs
+    out = []
+    for i in inputs:
+        good = {j.name: np.zeros((1, *j.shape), j.dtype).tolist() for j in inputs}
+        if i.dtype == "int64":
+            good[i.name] = np.full((1, *i.shape), i.vocab_size, np.int64).tolist()
+            out.append(({"inputs": good}, f"outside 0..{i.vocab_size - 1}"))
+            bad = {j.name: np.zeros((1, *j.shape), j.dtype).tolist() for j in inputs}
+            bad[i.name] = np.full((1, *i.shape), 0.5).tolist()
+            out.append(({"inputs": bad}, "integer ids"))
+        else:
+            bad = dict(good)
+            bad[i.name] = [["x"] * int(np.prod(i.shape))]
+            out.append(({"inputs": bad if len(inputs) > 1 else bad[i.name]}, "numbers"))
+        short = {j.name: np.zeros((1, *j.shape), j.dtype).tolist() for j in inputs}
+        short[i.name] = [[0] * (int(np.prod(i.shape)) + 1)]
+        out.append(({"inputs": short if len(inputs) > 1 else short[i.name]}, "shape"))
+    if len(inputs) > 1:
+        out.append(({"inputs": {inputs[0].name: np.zeros((1, *inputs[0].shape)).tolist()}}, "missing"))
+    return out
+
+
+def test_serve_answers_a_good_request_and_names_what_a_bad_one_got_wrong(cycles):
+    p = cycles.pipeline
+    hx, hy = load_arrays(cycles.second["stages"]["ingest"]["output"]["holdout_new_file"])
+    server = serving.start(cycles.folder, port=_free_port(), poll_s=0.5)
+    try:
+        body = {"inputs": {k: v[:3].tolist() for k, v in hx.items()}}
+        r = requests.post(f"{server.url}/predict", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["version"] == "2" and np.asarray(out["outputs"]).shape == (3, p.target.outputs)
+        if p.task.name == "classification":
+            assert all(0 <= c < p.target.outputs for c in out["predictions"])
+        elif p.task.name == "multilabel":
+            assert set(np.ravel(out["predictions"])) <= {0, 1}
+        for bad, phrase in _bad_requests(p):
+            r = requests.post(f"{server.url}/predict", json=bad, timeout=30)
+            assert r.status_code == 422 and phrase in r.json()["error"], (bad, r.text)
+    finally:
+        server.stop()
