@@ -74,8 +74,9 @@ class Planted:
     def __init__(self, run, wrong: set[bytes], right: dict[bytes, int]):
         self.run, self.wrong, self.right = run, wrong, right
 
-    def __call__(self, x):
-        out = np.array(self.run(x), copy=True)
+    def __call__(self, batch):
+        out = np.array(self.run(batch), copy=True)
+        x = batch["input"]
         for i in range(len(x)):
             k = x[i].tobytes()
             if k in self.wrong:
@@ -99,10 +100,10 @@ def naive_gate(timed, champ, x1, calls: int, ok_cand, ok_champ, gate) -> bool:
         means.append(t)
     reject = means[0].mean() / means[1].mean() > gate.latency_ratio_max
     reject |= np.percentile(means[0], 99) * 1e3 > gate.latency_p99_ms_max
-    margin = gate.non_inferiority.get("new")
+    margin = (gate.non_inferiority or {}).get("new")
     if margin is not None:
         reject |= ok_cand.mean() - ok_champ.mean() < -margin
-    if "new" in gate.accuracy_min:
+    if "new" in (gate.accuracy_min or {}):
         reject |= ok_cand.mean() < gate.accuracy_min["new"]
     return bool(reject)
 
@@ -158,7 +159,7 @@ def main() -> None:
         pool_x, pool_y = pool_x.astype(np.float32), y0
         from orchestrator.measure import accuracy
 
-        ok = accuracy.correct(champ, pool_x, pool_y)
+        ok = accuracy.correct(champ, {"input": pool_x}, pool_y)
         right, wrong = np.flatnonzero(ok), np.flatnonzero(~ok)
         keys = [pool_x[i].tobytes() for i in range(len(pool_x))]
         n2 = round(0.02 * len(pool_x))
@@ -178,6 +179,7 @@ def main() -> None:
         cfg = pipeline.config
         vcfg = cfg.validate_.model_copy(update={"latency_batches": (1,), "throughput_batches": (1,)})
         g = cfg.gate
+        task_ = pipeline.task
         ck, hk = f"candidate:{backend}:{engine['precision']}", f"champion:{backend}:{engine['precision']}"
         calls = vcfg.rounds * vcfg.calls_per_round
 
@@ -196,24 +198,25 @@ def main() -> None:
                         t0 = time.perf_counter()
                         for trial in range(args.trials):
                             idx = np.random.default_rng(trial).choice(len(pool_x), SLICE, replace=False)
-                            x, y = pool_x[idx], pool_y[idx]
+                            x, y = {"input": pool_x[idx]}, pool_y[idx]
                             raw = validate.Raw(
                                 latency=validate.timings({ck: timed, hk: champ}, x, vcfg),
-                                correct={ck: {"new": accuracy.correct(answers, x, y)},
-                                         hk: {"new": accuracy.correct(champ, x, y)}})
+                                examples={ck: {"new": accuracy.per_example(answers, x, y, task_)},
+                                          hk: {"new": accuracy.per_example(champ, x, y, task_)}})
                             scores = validate.scores({ck: timed, hk: champ}, raw, x, vcfg, sla_ms=g.latency_p99_ms_max,
                                                      confidence=g.confidence, sizes={ck: 0, hk: 0},
-                                                     devices={ck: "cpu", hk: "cpu"})
-                            cmp = validate.compare(ck, hk, raw, g.confidence)
-                            verdicts = gates.evaluate(scores[ck], scores[hk], cmp, g)
+                                                     devices={ck: "cpu", hk: "cpu"}, task=task_)
+                            cmp = validate.compare(ck, hk, raw, g.confidence, task_)
+                            verdicts = gates.evaluate(scores[ck], scores[hk], cmp, g, task_)
                             if gates.decide(verdicts, "auto") == gates.REJECT:
                                 plaster_rejects += 1
                                 for v in verdicts:
                                     if v.verdict == gates.FAIL:
                                         fails[v.rule] = fails.get(v.rule, 0) + 1
                             ratio_ci_width.append(cmp.latency[0].ci[1] - cmp.latency[0].ci[0])
-                            naive_rejects += naive_gate(timed, champ, x[:1], calls,
-                                                        raw.correct[ck]["new"], raw.correct[hk]["new"], g)
+                            naive_rejects += naive_gate(timed, champ, {"input": x["input"][:1]}, calls,
+                                                        raw.examples[ck]["new"][:, 0] > 0.5,
+                                                        raw.examples[hk]["new"][:, 0] > 0.5, g)
                             bar.advance(task)
                         results.append({
                             "condition": condition, "scenario": name, "trials": args.trials,

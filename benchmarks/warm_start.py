@@ -5,7 +5,7 @@ Setup (real plaster): shards arrive, a cycle promotes champion v1, drifted shard
 and plaster's own ingest stage freezes the snapshot a second cycle would train on (new rows
 plus replayed old rows; the new-data holdout kept out). Then, in this process with plain
 torch, the pipeline's model.py and the same loop as plaster's in-process training
-(orchestrator.stages.train.run_epoch; same optimizer, batch size and shuffling), each with the
+(orchestrator.stages.train.Loop, plaster's own loop: same optimizer, batch size and shuffling), each with the
 epochs and learning rate plaster's train stage would choose (orchestrator.stages.train.recipe):
   warm     starts from champion v1's weights: train.warm_start_epochs at train.warm_start_lr
   scratch  starts from a fresh initialisation: train.epochs at train.lr
@@ -59,10 +59,12 @@ def snapshot_of_next_cycle(folder: Path, tmp: Path):
 def accuracy(model, x, y) -> float:
     import torch
 
+    from orchestrator.door import forward
+
     model.eval()
     with torch.no_grad():
-        right = sum(int((model(torch.from_numpy(x[s:s + 1024])).argmax(1) == torch.from_numpy(y[s:s + 1024])).sum())
-                    for s in range(0, len(y), 1024))
+        right = sum(int((forward(model, {k: torch.from_numpy(v[s:s + 1024]) for k, v in x.items()}).argmax(1)
+                         == torch.from_numpy(y[s:s + 1024])).sum()) for s in range(0, len(y), 1024))
     return right / len(y)
 
 
@@ -71,22 +73,22 @@ def curve(pipeline, init: str | None, seed: int, epochs: int, lr: float, train, 
     import numpy as np
     import torch
 
-    from orchestrator.stages.train import run_epoch
+    from orchestrator.stages.train import Loop, recipe_for
 
     cfg = pipeline.config.train
     torch.manual_seed(seed)
     model = pipeline.module().build_model()
     if init:
         model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = torch.nn.CrossEntropyLoss()
     x, y = train
+    rec, _ = recipe_for(cfg, pipeline.config.task, epochs, lr, "cpu")
+    loop = Loop(model, pipeline.hooks(), rec, "cpu", -(-len(y) // cfg.batch_size))
     points = [{"epoch": 0, "train_s": 0.0, **{s: accuracy(model, *xy) for s, xy in slices.items()}}]
     spent = 0.0
     for epoch in range(epochs):
         order = np.random.default_rng(seed + epoch).permutation(len(y))
         t0 = time.perf_counter()
-        run_epoch(model, opt, loss_fn, x, y, order, cfg.batch_size, "cpu")
+        loop.epoch(x, y, order)
         spent += time.perf_counter() - t0
         points.append({"epoch": epoch + 1, "train_s": spent, **{s: accuracy(model, *xy) for s, xy in slices.items()}})
     return points
