@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from orchestrator.door import InputSpec
 from orchestrator.engines.tensorrt import TensorRTBackend
 from orchestrator.errors import EngineBuildError
 
@@ -70,6 +71,7 @@ def variants(model, tmp_path_factory):
         dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False,
     )
     input_name = onnx.load(str(fp32)).graph.input[0].name
+    assert input_name == "x", "the runner tests feed the input by this name"
 
     fp16 = root / "fp16.onnx"
     onnx.save(float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(fp16))
@@ -94,11 +96,15 @@ def engines(variants, tmp_path_factory):
     for precision in ("fp32", "fp16", "int8"):
         built[precision] = root / f"{precision}.plan"
         backend.build(
-            variants[precision], built[precision], input_name=variants["input_name"],
-            sample_shape=SAMPLE_SHAPE, max_batch=MAX_BATCH, opt_batch=OPT_BATCH,
+            variants[precision], built[precision], inputs=_specs(variants["input_name"]),
+            max_batch=MAX_BATCH, opt_batch=OPT_BATCH,
             timing_cache=built["timing_cache"],
         )
     return built
+
+
+def _specs(name: str) -> tuple[InputSpec, ...]:
+    return (InputSpec(name, tuple(SAMPLE_SHAPE), "float32"),)
 
 
 def _torch_logits(model, x: np.ndarray) -> np.ndarray:
@@ -115,20 +121,20 @@ def test_backend_describes_itself():
 def test_fp32_engine_matches_torch(model, engines):
     # 100 is not a multiple of MAX_BATCH, so the runner's chunking is exercised too.
     x = _inputs(100, 1)
-    got = TensorRTBackend().load(engines["fp32"])(x)
+    got = TensorRTBackend().load(engines["fp32"])({"x": x})
     assert got.shape == (100, CLASSES) and got.dtype == np.float32
     np.testing.assert_allclose(got, _torch_logits(model, x), atol=1e-3, rtol=0)
 
 
 def test_fp16_engine_close_to_torch(model, engines):
     x = _inputs(64, 2)
-    got = TensorRTBackend().load(engines["fp16"])(x)
+    got = TensorRTBackend().load(engines["fp16"])({"x": x})
     np.testing.assert_allclose(got, _torch_logits(model, x), atol=5e-2, rtol=0)
 
 
 def test_int8_engine_agrees_on_argmax(model, engines):
     x = _inputs(256, 3)
-    got = TensorRTBackend().load(engines["int8"])(x)
+    got = TensorRTBackend().load(engines["int8"])({"x": x})
     agreement = float(np.mean(got.argmax(1) == _torch_logits(model, x).argmax(1)))
     assert agreement >= 0.90, f"INT8 engine agrees with torch on only {agreement:.1%} of inputs"
 
@@ -138,12 +144,12 @@ def test_timing_cache_is_written_and_reused(model, variants, engines, tmp_path):
     assert cache.is_file() and cache.stat().st_size > 0
     again = tmp_path / "fp32-again.plan"
     TensorRTBackend().build(
-        variants["fp32"], again, input_name=variants["input_name"], sample_shape=SAMPLE_SHAPE,
+        variants["fp32"], again, inputs=_specs(variants["input_name"]),
         max_batch=MAX_BATCH, opt_batch=OPT_BATCH, timing_cache=cache,
     )
     assert cache.stat().st_size > 0
     x = _inputs(8, 4)
-    np.testing.assert_allclose(TensorRTBackend().load(again)(x), _torch_logits(model, x), atol=1e-3, rtol=0)
+    np.testing.assert_allclose(TensorRTBackend().load(again)({"x": x}), _torch_logits(model, x), atol=1e-3, rtol=0)
 
 
 def test_corrupt_onnx_raises_engine_build_error(tmp_path):
@@ -151,7 +157,7 @@ def test_corrupt_onnx_raises_engine_build_error(tmp_path):
     corrupt.write_bytes(b"this is not an ONNX protobuf")
     with pytest.raises(EngineBuildError) as raised:
         TensorRTBackend().build(
-            corrupt, tmp_path / "corrupt.plan", input_name="x", sample_shape=SAMPLE_SHAPE,
+            corrupt, tmp_path / "corrupt.plan", inputs=_specs("x"),
             max_batch=MAX_BATCH, opt_batch=OPT_BATCH, timing_cache=tmp_path / "timing.cache",
         )
     assert str(corrupt) in str(raised.value)
