@@ -37,7 +37,8 @@ class Registry(Protocol):
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None: ...
     def register(self, model: str, run_id: str, cycle_id: str, onnx_file: Path, files: dict[str, Path],
-                 sample: np.ndarray, tags: dict[str, str]) -> str:
+                 sample: dict[str, np.ndarray], tags: dict[str, str], description: str = "",
+                 model_description: str = "") -> str:
         """Register once per cycle id, and only return a version that has been loaded and run
         on `sample` through the registry's own loader (so any alias may point at it)."""
         ...

@@ -228,7 +228,8 @@ class MlflowRegistry:
         return None
 
     def register(self, model: str, run_id: str, cycle_id: str, onnx_file: Path, files: dict[str, Path],
-                 sample: dict[str, np.ndarray], tags: dict[str, str]) -> str:
+                 sample: dict[str, np.ndarray], tags: dict[str, str], description: str = "",
+                 model_description: str = "") -> str:
         """Log the ONNX model and `files` on the cycle run and register a version, once per cycle."""
         import mlflow
         import onnx
@@ -253,9 +254,13 @@ class MlflowRegistry:
         except Exception as e:
             if not _not_found(e):
                 raise
-            self.client.create_registered_model(model, description="Registered by plaster")
+            self.client.create_registered_model(model, description=mask(model_description) or "Registered by plaster")
+        else:
+            if model_description:  # pipeline.yaml's description may have changed since the last version
+                self.client.update_registered_model(model, description=mask(model_description))
         mv = self.client.create_model_version(model, f"runs:/{run_id}/model", run_id=run_id,
-                                              tags=mask_obj({"plaster.cycle_id": cycle_id, **tags}))
+                                              tags=mask_obj({"plaster.cycle_id": cycle_id, **tags}),
+                                              description=mask(description) or None)
         version = str(mv.version)
         got = self.load_test(model, version, sample)
         if not np.allclose(got, logits, atol=1e-4):

@@ -279,3 +279,51 @@ def publish(registry: Any, run_id: str, sc: Scorecard, raw: Raw | None, out: Pat
     registry.log_artifacts(run_id, out, "scorecard")
     registry.log_metrics(run_id, metrics(sc))
     return paths
+
+
+# --- the registered version's page --------------------------------------------------------
+
+def headline(sc: Scorecard, run_id: str, reasons: list[str] | None = None) -> str:
+    """The MLflow version description: the decision with its reasons and the scorecard's
+    headline as a Markdown table, linking the full scorecard in the run."""
+    cand, champ, cmp = sc.chosen, sc.champion, sc.comparison
+    vs = f"champion v{sc.champion_version}" if sc.champion_version else "no champion (first version)"
+    lines = [f"**{sc.decision}** vs {vs}, served as {_name(cand)}.", ""]
+    failed = [v for v in sc.verdicts if v.verdict != "PASS"]
+    for v in failed or sc.verdicts[:3]:
+        lines.append(f"- `{v.rule}` {v.verdict}: {v.reason}")
+    lines += [f"- {r}" for r in reasons or ()]
+    lines += ["", "| figure | candidate | champion | candidate − champion |", "|---|---|---|---|"]
+    diffs = {(d.slice, d.metric): d for d in cmp.accuracy} if cmp else {}
+    champ_figs = _metric_figures(champ) if champ else {}
+    for metric, by_slice in _metric_figures(cand).items():
+        for s, fig in by_slice.items():
+            other, d = champ_figs.get(metric, {}).get(s), diffs.get((s, metric))
+            lines.append(f"| {metric} ({s}) | {show(metric, fig.value)} | "
+                         f"{show(metric, other.value) if other else '—'} | "
+                         f"{show_diff(metric, d.diff, d.ci) if d else '—'} |")
+    ratios = {r.batch: r for r in cmp.latency} if cmp else {}
+    champ_lat = {lat.batch: lat for lat in champ.latency} if champ else {}
+    for lat in cand.latency:
+        r, other = ratios.get(lat.batch), champ_lat.get(lat.batch)
+        lines.append(f"| p99 @ batch {lat.batch} (ms) | {lat.p99_ms:.3f} | "
+                     f"{f'{other.p99_ms:.3f}' if other else '—'} | "
+                     f"{f'p50 ratio {r.ratio:.3f}x [{r.ci[0]:.3f}, {r.ci[1]:.3f}]' if r else '—'} |")
+    lines += ["", f"Full scorecard: `scorecard/scorecard.md` in run `{run_id}` (its artifacts)."]
+    return "\n".join(lines)
+
+
+def headline_tags(sc: Scorecard) -> dict[str, str]:
+    """Headline figures as version tags, so versions sort and filter in the UI and in
+    `search_model_versions` (e.g. "tags.`plaster.accuracy.new` > '0.9'")."""
+    out = {}
+    for metric, by_slice in _metric_figures(sc.chosen).items():
+        for s, fig in by_slice.items():
+            out[f"plaster.{metric}.{s}"] = f"{fig.value:.6g}"
+    for d in sc.comparison.accuracy if sc.comparison else ():
+        out[f"plaster.{d.metric}.{d.slice}.diff"] = f"{d.diff:.6g}"
+    for lat in sc.chosen.latency:
+        out[f"plaster.p99_ms.b{lat.batch}"] = f"{lat.p99_ms:.4g}"
+    for r in sc.comparison.latency if sc.comparison else ():
+        out[f"plaster.latency_ratio.b{r.batch}"] = f"{r.ratio:.4g}"
+    return out

@@ -21,6 +21,7 @@ from orchestrator.context import StageContext
 from orchestrator.dataset import load_arrays
 from orchestrator.errors import ChampionMoved
 from orchestrator.gate import HOLD, PROMOTE, hold_reasons
+from orchestrator.scorecard import headline, headline_tags
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 
@@ -52,6 +53,22 @@ def _bundle(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, engin
     return folder
 
 
+def held_for(scorecard: Scorecard, promotion: str) -> list[str]:
+    """What a HELD version waits for, on its page."""
+    if scorecard.decision != HOLD:
+        return []
+    return [f"HELD: {r}; `plaster approve <pipeline> <version>` promotes it"
+            for r in hold_reasons(list(scorecard.verdicts), promotion)]
+
+
+def model_description(pipeline) -> str:
+    """The registered model's page: pipeline.yaml's description, the task and the inputs."""
+    ins = ", ".join(f"`{i.name}` {i.dtype}{list(i.shape)}" for i in pipeline.inputs)
+    return (f"{pipeline.config.description or pipeline.name}\n\n- task: {pipeline.config.task} "
+            f"(target {', '.join(pipeline.target.columns)}, {pipeline.target.outputs} output(s))\n- inputs: {ins}\n"
+            "- registered by plaster; each version's description is its decision and scorecard headline")
+
+
 def run(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, onnx_model: OnnxModel,
         engines: EngineSet, scorecard: Scorecard) -> Promotion:
     name = ctx.pipeline.name
@@ -63,7 +80,9 @@ def run(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, onnx_mode
     version = ctx.registry.register(
         name, ctx.run_id, ctx.cycle_id, Path(onnx_model.path), {"plaster": bundle}, sample,
         tags={"plaster.decision": scorecard.decision, "plaster.precision": scorecard.chosen.precision,
-              "plaster.backend": scorecard.chosen.backend},
+              "plaster.backend": scorecard.chosen.backend, **headline_tags(scorecard)},
+        description=headline(scorecard, ctx.run_id, held_for(scorecard, ctx.pipeline.config.promotion)),
+        model_description=model_description(ctx.pipeline),
     )
     current = ctx.registry.alias(name, CHAMPION)
     if current == version:  # a resumed cycle that already promoted: never promote twice

@@ -86,6 +86,24 @@ def test_hooks_and_training_settings_reach_the_loop(cycles):
         assert len(vy) > 0 and len(hy) > 0
 
 
+def test_the_version_page_tells_the_story(cycles):
+    from mlflow import MlflowClient
+
+    from orchestrator.workspace import Workspace
+
+    ws = Workspace.from_env()
+    client = MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
+    v2 = client.get_model_version(cycles.name, "2")
+    task = cycles.pipeline.task
+    assert v2.description.startswith("**PROMOTE** vs champion v1") and f"| {task.primary} (new) |" in v2.description
+    assert "scorecard/scorecard.md" in v2.description and "p99 @ batch 1" in v2.description
+    assert float(v2.tags[f"plaster.{task.primary}.new"]) > 0 and f"plaster.{task.primary}.new.diff" in v2.tags
+    found = client.search_model_versions(f"name = '{cycles.name}' and tags.`plaster.decision` = 'PROMOTE'")
+    assert {str(m.version) for m in found} == {"1", "2"}
+    model = client.get_registered_model(cycles.name)
+    assert f"task: {task.name}" in model.description and cycles.pipeline.inputs[0].name in model.description
+
+
 def test_gate_history_and_report(cycles, tmp_path):
     runner = CliRunner()
     gate = runner.invoke(app, ["gate", str(cycles.folder), "--candidate", "2", "--junit", str(tmp_path / "g.xml")])

@@ -56,7 +56,7 @@ class FakeRegistry:
     def lineage(self, champion):
         return list(self.learned)
 
-    def register(self, model, run_id, cycle_id, onnx_file, files, sample, tags):
+    def register(self, model, run_id, cycle_id, onnx_file, files, sample, tags, description="", model_description=""):
         for v, info in self.versions.items():
             if info["cycle_id"] == cycle_id:
                 return v
