@@ -8,7 +8,7 @@ export PLASTER_HOME ?= $(CURDIR)/.plaster
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-unit bench bench-heavy bench-warm-start bench-soak bench-gate bench-serve faults clean-home
+.PHONY: setup demo lint test test-unit bench bench-heavy bench-warm-start bench-soak bench-gate bench-serve faults clean-home
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# ruff as configured in pyproject.toml (pyflakes, pycodestyle, import order, bugbear): no finding left.
+lint: setup
+	$(BIN)/ruff check orchestrator tests benchmarks pipelines
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit

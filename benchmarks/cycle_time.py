@@ -35,9 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from rss import PeakRSS  # noqa: I001
+
 # workloads first: it puts this checkout's orchestrator on sys.path
 from workloads import ROOT, copy_pipeline, parse, placement, prepare
-from rss import PeakRSS  # noqa: I001
 
 
 def fresh(base: Path, tmp: Path, name: str) -> Path:

@@ -304,7 +304,7 @@ def decided(home: Home, cycle_id: str) -> dict | None:
 
 def crash_after_stage(s: Suite) -> None:
     h = s.main
-    for i, stage in enumerate(STAGES):
+    for _i, stage in enumerate(STAGES):
         t0 = time.time()
         case = Case("crash-after-stage", f"SIGKILL after {stage}")
         h.simulate(2 if not h.shards else 1)
@@ -328,7 +328,7 @@ def crash_after_stage(s: Suite) -> None:
                 problems.append("--resume did not print the decision")
         case.survived = not problems
         case.note = "; ".join(problems) or (f"-9, then --resume: {done['decision']}"
-                                            + (f" v{done['version']}" if done["version"] else "") + f", resumes=1")
+                                            + (f" v{done['version']}" if done["version"] else "") + ", resumes=1")
         case.detail = {"crash_rc": crashed.returncode, "resume_rc": resumed.returncode,
                        "decision": done and done["decision"], "version": done and done["version"]}
         h.charge(case)
@@ -413,7 +413,7 @@ class MlflowServer:
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:
                     self.kill()
-                    raise RuntimeError(f"mlflow server did not start; see {self.folder / 'mlflow-server.log'}")
+                    raise RuntimeError(f"mlflow server did not start; see {self.folder / 'mlflow-server.log'}") from None
                 time.sleep(0.3)
 
     def kill(self) -> None:

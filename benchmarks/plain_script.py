@@ -44,8 +44,9 @@ def main() -> None:
     p = load_pipeline(args.pipeline)
     cfg = p.config.train
     snap = args.snapshot
-    x, y = (np.load(f"{snap}/train.npz")[k] for k in ("x", "y"))
-    slices = {s: tuple(np.load(f"{snap}/{f}.npz")[k] for k in ("x", "y")) for s, f in (("new", "holdout_new"), ("golden", "golden"))}
+    x, y = (np.load(f"{snap}/train.npz")[k] for k in ("in.input", "y"))  # digits: one input, named "input"
+    slices = {s: tuple(np.load(f"{snap}/{f}.npz")[k] for k in ("in.input", "y"))
+              for s, f in (("new", "holdout_new"), ("golden", "golden"))}
     torch.manual_seed(cfg.seed)
     model = p.module().build_model()
     model.load_state_dict(torch.load(f"{args.champion}/weights.pt", map_location="cpu", weights_only=True))
@@ -66,10 +67,10 @@ def main() -> None:
     lap("train")
 
     out = args.out
-    name = export_onnx(model, x[:2], f"{out}/fp32.onnx")
+    name = export_onnx(model, {"input": x[:2]}, f"{out}/fp32.onnx")[0]
     lap("export")
     for precision in ("fp16", "int8"):
-        make(precision, Path(out) / "fp32.onnx", Path(out) / f"{precision}.onnx", name, x[:256])
+        make(precision, Path(out) / "fp32.onnx", Path(out) / f"{precision}.onnx", {name: x[:256]})
     lap("variants")
 
     opts = ort.SessionOptions()

@@ -17,9 +17,8 @@ import threading
 try:
     import psutil
 except ImportError:  # not a plaster dependency; Ray vendors it and `import ray` puts it on sys.path
-    import ray  # noqa: F401  (imported for its side effect)
-
     import psutil
+    import ray  # noqa: F401  (imported for its side effect)
 
 MIB = 1024 * 1024
 

@@ -28,9 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from rss import MIB, PeakRSS, sample  # noqa: I001
+
 # workloads first: it puts this checkout's orchestrator on sys.path
 from workloads import copy_pipeline, parse, placement
-from rss import MIB, PeakRSS, sample  # noqa: I001
 
 TARGET_PCT = 10.0
 

@@ -61,7 +61,7 @@ def _guard(fn):
         return fn()
     except PlasterError as e:
         err.print(f"[red]error:[/] {e}")
-        raise typer.Exit(e.exit_code)
+        raise typer.Exit(e.exit_code) from None
 
 
 @app.command()
@@ -186,7 +186,7 @@ def gate(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.ya
         # MLflow's own errors quote the request URL, credentials and all
         err.print(f"[red]error:[/] {e}" if isinstance(e, PlasterError) else f"[red]error:[/] {type(e).__name__}: "
                   f"{mask(str(e))}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     if junit is not None:
         from orchestrator import junit as junit_xml
 

@@ -451,7 +451,8 @@ def _field_errors(err: ValidationError) -> list[str]:
     out = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key (check the spelling against the README's pipeline format)" if e["type"] == "extra_forbidden" else e["msg"]
+        unknown = "unknown key (check the spelling against the README's pipeline format)"
+        msg = unknown if e["type"] == "extra_forbidden" else e["msg"]
         if e["type"] != "extra_forbidden" and isinstance(e.get("input"), (str, int, float, bool)):
             msg += f" (got {e['input']!r})"  # which value is wrong, in a list or a typo'd word
         out.append(f"  - {key}: {msg}")

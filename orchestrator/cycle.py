@@ -16,12 +16,10 @@ import time
 from typing import Any, Callable, NoReturn
 
 from orchestrator import record as records
-from orchestrator.artifacts import (Checkpoint, EngineSet, OnnxModel, Promotion, Scorecard, Snapshot, from_dict,
-                                    to_dict)
+from orchestrator.artifacts import Checkpoint, EngineSet, OnnxModel, Promotion, Scorecard, Snapshot, from_dict, to_dict
 from orchestrator.config import Pipeline
 from orchestrator.context import StageContext
-from orchestrator.errors import (CandidateRejected, ChampionMoved, Interrupted, PlasterError, RegistryError,
-                                 ResumeError)
+from orchestrator.errors import CandidateRejected, ChampionMoved, Interrupted, PlasterError, RegistryError, ResumeError
 from orchestrator.storage import for_pipeline as storage_for
 from orchestrator.workspace import Workspace
 

@@ -117,8 +117,9 @@ class MlflowRegistry:
         self.client.set_terminated(run_id, status=status)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
@@ -305,11 +306,10 @@ def read_aliases(tracking_uri: str, model: str) -> dict[str, str] | None:
             con.close()
         return {a: str(v) for a, v in rows}
     if tracking_uri.startswith(("http://", "https://")):
+        import base64
         import urllib.error
         import urllib.parse
         import urllib.request
-
-        import base64
 
         url = urllib.parse.urlsplit(tracking_uri)
         # urllib reads no user:password@ in a URL (requests, under MlflowClient, does): send it as basic auth.

@@ -193,6 +193,7 @@ def _ci_bars(ax: Any, x: Any, values: list[float], cis: list[tuple[float, float]
 def plots(sc: Scorecard, raw: Raw | None, out: Path) -> list[Path]:
     """latency.png (only with raw samples), accuracy.png and precisions.png in `out`."""
     import numpy as np
+
     from orchestrator.plots import plain_log, pyplot, save
 
     plt = pyplot()

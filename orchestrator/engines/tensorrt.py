@@ -75,7 +75,8 @@ class TensorRTBackend:
             return f"tensorrt failed to import ({type(exc).__name__}: {exc}); reinstall it (pip install tensorrt)"
         try:
             if int(str(tensorrt.__version__).split(".")[0]) < _MIN_MAJOR:
-                return f"tensorrt {tensorrt.__version__} is too old; strongly typed builds need 10 or newer (pip install -U tensorrt)"
+                return (f"tensorrt {tensorrt.__version__} is too old; strongly typed builds need 10 or newer "
+                        "(pip install -U tensorrt)")
             import torch
 
             if not torch.cuda.is_available():
@@ -102,7 +103,8 @@ class TensorRTBackend:
 
         variant, out, timing_cache = pathlib.Path(variant), pathlib.Path(out), pathlib.Path(timing_cache)
         if not 1 <= opt_batch <= max_batch:
-            raise EngineBuildError(f"engine batch sizes must satisfy 1 <= opt_batch ({opt_batch}) <= max_batch ({max_batch}); fix them in the pipeline config")
+            raise EngineBuildError(f"engine batch sizes must satisfy 1 <= opt_batch ({opt_batch}) <= max_batch "
+                                   f"({max_batch}); fix them in the pipeline config")
         logger = _get_logger()
         logger.errors.clear()
         builder = trt.Builder(logger)
@@ -115,7 +117,8 @@ class TensorRTBackend:
             raise EngineBuildError(f"precision variant {variant} does not exist; re-run the variants stage for this candidate")
         # From the file rather than bytes so external-data weights resolve next to the model.
         if not parser.parse_from_file(str(variant)):
-            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or list(logger.errors) or ["(no parser error reported)"]
+            errors = ([str(parser.get_error(i)) for i in range(parser.num_errors)] or list(logger.errors)
+                      or ["(no parser error reported)"])
             raise EngineBuildError(
                 f"TensorRT could not parse {variant}:\n  " + "\n  ".join(errors)
                 + "\nFix: re-run the export stage for this candidate; if an operator is reported unsupported, "
@@ -171,7 +174,8 @@ class TensorRTBackend:
         runtime = trt.Runtime(_get_logger())
         cuda_engine = runtime.deserialize_cuda_engine(engine.read_bytes())
         if cuda_engine is None:
-            raise EngineBuildError(f"TensorRT {trt.__version__} could not load {engine}; it was built by another TensorRT or GPU, or is damaged. Delete it so it is rebuilt.")
+            raise EngineBuildError(f"TensorRT {trt.__version__} could not load {engine}; it was built by another TensorRT "
+                                   "or GPU, or is damaged. Delete it so it is rebuilt.")
         return _Runner(runtime, cuda_engine, engine)
 
 

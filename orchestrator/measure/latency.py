@@ -4,6 +4,7 @@ a warm-up, so a noisy neighbour slows every engine alike instead of whichever ra
 from __future__ import annotations
 
 import time
+
 import numpy as np
 
 from orchestrator.artifacts import ThroughputAt

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator import variants as variant_ops
 from orchestrator.artifacts import Engine, EngineSet, OnnxModel, Snapshot, Variant, VersionRef, sha256_file
 from orchestrator.context import StageContext
 from orchestrator.dataset import load_arrays
@@ -24,7 +25,6 @@ from orchestrator.engines import ENGINE_SUFFIX, Backend, backend
 from orchestrator.errors import EngineBuildError
 from orchestrator.measure.hardware import fingerprint
 from orchestrator.storage import Storage
-from orchestrator import variants as variant_ops
 
 
 def cache_key(b: Backend, variant_sha: str, precision: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator import ledger
-from orchestrator.artifacts import (Checkpoint, EngineSet, OnnxModel, Promotion, Scorecard, Snapshot, to_dict)
+from orchestrator.artifacts import Checkpoint, EngineSet, OnnxModel, Promotion, Scorecard, Snapshot, to_dict
 from orchestrator.context import StageContext
 from orchestrator.dataset import load_arrays
 from orchestrator.errors import ChampionMoved

@@ -14,8 +14,19 @@ from typing import Any, Callable
 import numpy as np
 
 from orchestrator import gate
-from orchestrator.artifacts import (Checkpoint, Comparison, Engine, EngineScore, EngineSet, Figure, LatencyAt,
-                                    LatencyRatio, ModelSize, Scorecard, Snapshot)
+from orchestrator.artifacts import (
+    Checkpoint,
+    Comparison,
+    Engine,
+    EngineScore,
+    EngineSet,
+    Figure,
+    LatencyAt,
+    LatencyRatio,
+    ModelSize,
+    Scorecard,
+    Snapshot,
+)
 from orchestrator.config import PipelineConfig, ValidateConfig
 from orchestrator.context import StageContext
 from orchestrator.dataset import load_arrays
@@ -101,7 +112,7 @@ def scores(runners: dict[str, Runner], raw: Raw, pool: dict[str, np.ndarray], cf
         meter, why = meters[devices[k]]
         n_batch = best.batch if best else 1
         batch_x = latency.batch_of(pool, n_batch)
-        joules = energy.joules_per_1k(meter, why, lambda: (r(batch_x), n_batch)[1], cfg.energy_seconds)
+        joules = energy.joules_per_1k(meter, why, lambda r=r, x=batch_x, n=n_batch: (r(x), n)[1], cfg.energy_seconds)
         metrics = {m: {s: task.figure(m, rows, confidence) for s, rows in raw.examples[k].items()}
                    for m in task.metrics}
         acc = metrics[task.primary]

@@ -1,13 +1,6 @@
 """Real parts for integration tests: a local Ray started once per session, MLflow on SQLite
 per test, and an `mlflow server` on 127.0.0.1 for the tests that go over HTTP."""
 
-import contextlib
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 

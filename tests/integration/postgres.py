@@ -16,7 +16,6 @@ import urllib.parse
 import uuid
 
 import pytest
-
 from servers import mlflow_server_at
 
 ENV = "PLASTER_TEST_POSTGRES"

@@ -38,7 +38,7 @@ def mlflow_server_at(folder, backend_uri: str | None = None):
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise RuntimeError(f"mlflow server did not start; see {folder / 'mlflow-server.log'}")
+                raise RuntimeError(f"mlflow server did not start; see {folder / 'mlflow-server.log'}") from None
             time.sleep(0.5)
     try:
         yield url

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from homes import module_home
+from servers import _free_port, mlflow_server_at
 
 from orchestrator import api
-from servers import _free_port, mlflow_server_at
-from homes import module_home
 
 pytestmark = pytest.mark.integration
 

@@ -8,13 +8,12 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from homes import module_home
 from typer.testing import CliRunner
 
 from orchestrator import api
 from orchestrator.cli import app
 from orchestrator.config import load_pipeline
-
-from homes import module_home
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +91,8 @@ def test_retrained_candidate_beats_the_stale_champion_with_a_paired_interval(cyc
     assert (logits.argmax(1) == gy).mean() > 0.85
     run = client.get_run(second["run_id"])
     assert "scorecard.accuracy.new.diff_ci_low" in run.data.metrics
-    assert {"scorecard/scorecard.md", "scorecard/latency.png"} <= {a.path for a in client.list_artifacts(second["run_id"], "scorecard")}
+    listed = {a.path for a in client.list_artifacts(second["run_id"], "scorecard")}
+    assert {"scorecard/scorecard.md", "scorecard/latency.png"} <= listed
 
 
 def test_skip_and_reject(cycles):

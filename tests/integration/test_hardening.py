@@ -17,13 +17,12 @@ import time
 import psutil
 import pytest
 import requests
+from homes import module_home
+from servers import _free_port
 
 from orchestrator import api
 from orchestrator import record as records
 from orchestrator.workspace import Workspace
-
-from homes import module_home
-from servers import _free_port
 
 pytestmark = pytest.mark.integration
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")

@@ -9,14 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 import requests
+from homes import module_home
+from postgres import connect, mlflow_on_postgres, postgres_db  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from orchestrator import api
 from orchestrator.cli import app
 from orchestrator.workspace import Workspace
-
-from homes import module_home
-from postgres import connect, mlflow_on_postgres, postgres_db  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +23,7 @@ MODEL = "digits"
 
 
 @pytest.fixture(scope="module")
-def cycle(tmp_path_factory, mlflow_on_postgres, postgres_db):
+def cycle(tmp_path_factory, mlflow_on_postgres, postgres_db):  # noqa: F811 (pytest fixtures by name)
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
@@ -106,7 +105,8 @@ def test_source_run_has_the_scorecard_metrics_and_artifact_over_http(cycle, tmp_
                       timeout=30)
     assert ui.status_code == 200 and ui.content == proxied.content
     card = proxied.json()
-    assert card["decision"] == "PROMOTE" and card["chosen"]["precision"] == rec["stages"]["validate"]["output"]["chosen"]["precision"]
+    served = rec["stages"]["validate"]["output"]["chosen"]["precision"]
+    assert card["decision"] == "PROMOTE" and card["chosen"]["precision"] == served
     assert card["rate_final"]["cycle_time_s"] == pytest.approx(rec["cycle_time_s"])
 
     # MLflow's own client reads the same.

@@ -13,9 +13,8 @@ import urllib.request
 
 import pytest
 
-from orchestrator import api
+from orchestrator import api, scheduler
 from orchestrator import record as records
-from orchestrator import scheduler
 from orchestrator.workspace import Workspace
 
 pytestmark = pytest.mark.integration

@@ -14,13 +14,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import requests
+from homes import module_home
 
 from orchestrator import api, serving
 from orchestrator.dataset import load_arrays
 from orchestrator.errors import PlasterError, RegistryError
 from orchestrator.workspace import Workspace
-
-from homes import module_home
 
 pytestmark = pytest.mark.integration
 

@@ -3,18 +3,16 @@
 import threading
 
 import pytest
+from fakes import FakeRegistry, context
+from test_promote_cycle import ScriptedStages, artifacts
 
 from orchestrator import api, ledger
+from orchestrator import cycle as cycle_mod
 from orchestrator import record as records
 from orchestrator.config import load_pipeline
 from orchestrator.cycle import Cycle
 from orchestrator.errors import CycleLockedError, GateError
 from orchestrator.workspace import Workspace
-
-from orchestrator import cycle as cycle_mod
-
-from fakes import FakeRegistry, context
-from test_promote_cycle import ScriptedStages, artifacts
 
 
 def registry_with(champion="1", held="2", validated_against="1"):

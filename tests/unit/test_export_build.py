@@ -6,14 +6,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from fakes import context
 
 from orchestrator import api
 from orchestrator.artifacts import Checkpoint
 from orchestrator.engines import backend
 from orchestrator.errors import CandidateRejected
 from orchestrator.stages import build, export, ingest
-
-from fakes import context
 
 
 @pytest.fixture

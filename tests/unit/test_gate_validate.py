@@ -1,7 +1,6 @@
 import numpy as np
 
-from orchestrator.artifacts import (AccuracyDiff, Comparison, EngineScore, Figure, LatencyAt, LatencyRatio,
-                                    ThroughputAt)
+from orchestrator.artifacts import AccuracyDiff, Comparison, EngineScore, Figure, LatencyAt, LatencyRatio, ThroughputAt
 from orchestrator.config import GateConfig
 from orchestrator.gate import FAIL, HOLD, NOT_MEASURED, PASS, PROMOTE, REJECT, decide, evaluate
 from orchestrator.measure import accuracy, latency

@@ -6,14 +6,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fakes import FakeRegistry, context, write_champion_folder
 
 from orchestrator import api
 from orchestrator.artifacts import VersionRef, sha256_file
 from orchestrator.dataset import load_arrays
 from orchestrator.errors import DataError
 from orchestrator.stages import ingest
-
-from fakes import FakeRegistry, context, write_champion_folder
 
 
 def _bad(path, **cols):
@@ -109,7 +108,8 @@ def test_the_heavy_workload_simulates_from_a_copy_of_its_folder(home, tmp_path):
     from orchestrator.dataset import read_shard
 
     heavy = tmp_path / "elsewhere" / "heavy"
-    shutil.copytree(Path(__file__).resolve().parents[2] / "benchmarks" / "heavy", heavy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(__file__).resolve().parents[2] / "benchmarks" / "heavy", heavy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
     (path,) = api.simulate(heavy, shards=1)
     p = load_pipeline(heavy)
     x, y = read_shard(path, p.inputs, p.target)

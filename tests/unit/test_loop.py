@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from orchestrator.config import TrainConfig
 from orchestrator.door import Batch, Hooks
 from orchestrator.stages.train import Loop, Recipe, fit, recipe_for
-from orchestrator.config import TrainConfig
 
 
 def data(n=64, seed=0):
@@ -18,11 +18,11 @@ def data(n=64, seed=0):
     return {"dense": x}, (x[:, 0] > 0).astype(np.int64)
 
 
-def run(hooks=Hooks(), epochs=3, val=None, patience=None, clip=None):
+def run(hooks=None, epochs=3, val=None, patience=None, clip=None):
     torch.manual_seed(0)
     model = nn.Linear(4, 2)
     x, y = data()
-    loop = Loop(model, hooks, Recipe("classification", epochs, 16, 0.05, 0, 100, patience, clip), "cpu", 4)
+    loop = Loop(model, hooks or Hooks(), Recipe("classification", epochs, 16, 0.05, 0, 100, patience, clip), "cpu", 4)
     last = fit(loop, x, y, val, rank=0, world=1, start=0, checkpoint=lambda e, last: None)
     return loop, last
 

@@ -2,19 +2,28 @@
 
 import numpy as np
 import pytest
+from fakes import FakeRegistry, context
+from test_gate_validate import score
 
-from orchestrator import record as records
 from orchestrator import cycle as cycle_mod
-from orchestrator.artifacts import (Checkpoint, Engine, EngineSet, ModelSize, OnnxModel, Promotion, Scorecard, Snapshot,
-                                    Variant, Verdict)
+from orchestrator import record as records
+from orchestrator.artifacts import (
+    Checkpoint,
+    Engine,
+    EngineSet,
+    ModelSize,
+    OnnxModel,
+    Promotion,
+    Scorecard,
+    Snapshot,
+    Variant,
+    Verdict,
+)
 from orchestrator.config import load_pipeline
 from orchestrator.cycle import Cycle
 from orchestrator.errors import CandidateRejected, ChampionMoved, CycleLockedError, ResumeError, TrainingError
 from orchestrator.stages import promote
 from orchestrator.workspace import Workspace
-
-from fakes import FakeRegistry, context
-from test_gate_validate import score
 
 
 def artifacts(ctx, decision="PROMOTE", champion_version=None):

@@ -5,8 +5,19 @@ import numpy as np
 import pytest
 
 from orchestrator import scorecard
-from orchestrator.artifacts import (AccuracyDiff, Comparison, EngineScore, Figure, LatencyAt, LatencyRatio, ModelSize,
-                                    Scorecard, ThroughputAt, Verdict, from_dict)
+from orchestrator.artifacts import (
+    AccuracyDiff,
+    Comparison,
+    EngineScore,
+    Figure,
+    LatencyAt,
+    LatencyRatio,
+    ModelSize,
+    Scorecard,
+    ThroughputAt,
+    Verdict,
+    from_dict,
+)
 from orchestrator.stages.validate import Raw
 
 BATCHES = (1, 64)
