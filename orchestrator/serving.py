@@ -40,6 +40,8 @@ BODY_TIMEOUT_S = 10.0
 # At SIGTERM requests in flight get this long to finish (Serve's default is 20 s, which a
 # few half-sent bodies always used up: `plaster serve` took 26 s to exit).
 DRAIN_S = 2.0
+# How long stop() waits for the alias watcher to notice the stop before going on without it.
+WATCHER_JOIN_S = 2.0
 BATCH_WAIT_S = 0.002  # how long a request waits for others to share its engine call
 # Serve logs every request in the proxy and the replica by default: measured on 2 cores,
 # that cost ~30% of the requests/s. Warnings and errors still go to Ray's log files.
@@ -308,11 +310,18 @@ class Server:
             return
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            # The watcher may be inside a registry call that MLflow's client retries for
+            # minutes against a slow server: do not wait on it. It checks the flag before any
+            # swap, and it is a daemon thread, so it cannot redeploy or keep the process up.
+            self._thread.join(timeout=WATCHER_JOIN_S)
+            if self._thread.is_alive():
+                self.say(f"the alias watcher is still in a registry call after {WATCHER_JOIN_S:g} s; not waiting for it")
         if self.app in serve.status().applications:
             serve.delete(self.app)
+            self.say("application deleted")
         if not serve.status().applications:  # frees the HTTP port; others' apps keep Serve up
             serve.shutdown()
+            self.say("Serve shut down")
             # The proxy actor dies a moment after shutdown returns: wait, so that "stopped"
             # means the port is closed (seen in CI: a request right after still answered).
             deadline = time.time() + 30
@@ -365,6 +374,8 @@ class Server:
         while not self._stop.wait(self.poll_s):
             try:
                 version = self.registry.alias(self.pipeline.name, "champion")
+                if self._stop.is_set():  # stop() came while the registry answered: no swap now
+                    return
                 if version is not None and version != self.version:
                     self.say(f"champion moved to v{version}: swapping from v{self.version}…")
                     self._deploy(self._champion(version), timeout=60)

@@ -1,4 +1,4 @@
-"""Latency and throughput of several engines measured interleaved (A B C, C B A, ...) after
+"""Latency and throughput of several engines measured interleaved call by call (A B C, C B A, ...) after
 a warm-up, so a noisy neighbour slows every engine alike instead of whichever ran then."""
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ def interleaved(runners: dict[str, Runner], x: dict[str, np.ndarray], rounds: in
     names = list(runners)
     clock = time.perf_counter
     for i in range(rounds):
-        # Alternate the order each round so neither engine always runs first.
-        for name in (names if i % 2 == 0 else names[::-1]):
-            run, row = runners[name], samples[name][i]
-            for j in range(calls_per_round):
+        for j in range(calls_per_round):
+            # Call by call, in an order that alternates, so every engine's calls of a round
+            # span the same fraction of a second and none always runs first or after the
+            # same neighbour: a burst of load then lands on all of them, not on one's block.
+            for name in (names if (i + j) % 2 == 0 else names[::-1]):
                 t0 = clock()
-                run(x)
-                row[j] = clock() - t0
+                runners[name](x)
+                samples[name][i, j] = clock() - t0
     return samples
 
 

@@ -151,7 +151,11 @@ def test_serving_listens_on_loopback_only_and_stops_within_seconds_of_sigterm_un
             under_load = dict(codes)
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=120)
+            try:
+                code = proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # show where it stuck: serve_forever says each step of the stop
+                pytest.fail(f"plaster serve still up 120 s after SIGTERM; it printed:\n{proc.stdout.read()[-3000:]}")
             stopped_s = time.monotonic() - t0
         stop.set()
         for t in clients:
