@@ -7,6 +7,7 @@ masked (secrets.mask_obj), since the CLI prints it: a tracking URI keeps its hos
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -229,6 +230,13 @@ def rollback(folder: str | Path, reason: str, to: str | None = None, registry=No
             registry.set_alias(name, "previous", current)
             registry.set_version_tags(name, current, {"plaster.rolled_back": "true", "plaster.rolled_back_reason": reason[:500]})
         entry = ledger.record(ws, name, "champion", current, target, ledger.ROLLBACK, reason)
+        # The version pages tell it too: a reviewer on v{current} sees who took it down, when and why.
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry["at"]))
+        if current is not None:
+            registry.append_to_description(name, current, f"**Rolled back** {when} by {entry['actor']}: "
+                                           f"{entry['reason']}. The champion went back to v{target}.")
+        registry.append_to_description(name, target, f"**Champion again** {when} by rollback from v{current} "
+                                       f"({entry['actor']}): {entry['reason']}.")
     return entry
 
 

@@ -236,6 +236,20 @@ class Cycle:
         raise PlasterError(f"stage {stage} failed: {type(e).__name__}: {e}. "
                            f"Fix the cause, then `plaster run {self.pipeline.folder} --resume`") from e
 
+    def _publish_rate(self, version: str) -> None:
+        """The version page's last line: how long the cycle took, stage by stage, and the
+        data-to-live lag; known only now, after promotion, so appended, and tagged to sort by."""
+        rec = self.record
+        stages = ", ".join(f"{n} {s['seconds']:.1f} s" for n, s in rec["stages"].items())
+        lag = rec["data_to_live_s"]
+        lag_text = f"data-to-live lag {lag:.1f} s" if lag is not None else "data-to-live lag: not live (not promoted)"
+        self.registry.append_to_description(
+            self.pipeline.name, version, f"Cycle `{rec['id']}`: cycle time {rec['cycle_time_s']:.1f} s ({stages}); {lag_text}.")
+        tags = {"plaster.cycle_time_s": f"{rec['cycle_time_s']:.4g}"}
+        if lag is not None:
+            tags["plaster.data_to_live_s"] = f"{lag:.4g}"
+        self.registry.set_version_tags(self.pipeline.name, version, tags)
+
     def _decide(self, decision: str, reasons: list[str], outputs: dict[str, Any]) -> dict[str, Any]:
         rec = self.record
         now = time.time()
@@ -257,6 +271,8 @@ class Cycle:
                                                    "plaster.reasons": "; ".join(reasons)[:5000]})
             if "validate" in outputs:
                 self._publish_scorecard(outputs["validate"])
+            if promotion is not None and promotion.version:
+                self._publish_rate(promotion.version)
             self._persist()
             self.registry.end_run(rec["run_id"], "FINISHED")
         except Exception as e:  # only the run's mirror of the decision is missing; the record has it

@@ -172,6 +172,11 @@ class MlflowRegistry:
                                     f"`plaster history` lists the versions") from None
             raise RegistryError(f"MLflow at {self.tracking_uri} failed to read {model} v{version}: {e}") from None
 
+    def append_to_description(self, model: str, version: str, text: str) -> None:
+        """Add a paragraph to a version's description (its MLflow page), keeping what was there."""
+        current = self.client.get_model_version(model, str(version)).description or ""
+        self.client.update_model_version(model, str(version), description=mask(f"{current}\n\n{text}".strip()))
+
     def set_version_tags(self, model: str, version: str, tags: dict[str, str]) -> None:
         for k, v in mask_obj(tags).items():
             self.client.set_model_version_tag(model, str(version), k, v)

@@ -102,6 +102,49 @@ def test_the_version_page_tells_the_story(cycles):
     assert {str(m.version) for m in found} == {"1", "2"}
     model = client.get_registered_model(cycles.name)
     assert f"task: {task.name}" in model.description and cycles.pipeline.inputs[0].name in model.description
+    # Cycle time and the data-to-live lag, known after promotion, end the page and tag the version.
+    assert "cycle time" in v2.description and "data-to-live lag" in v2.description
+    assert float(v2.tags["plaster.cycle_time_s"]) > 0 and float(v2.tags["plaster.data_to_live_s"]) > 0
+
+
+# MLflow's UI asks who is logged in; without its auth app that is a 404 on every page.
+MLFLOW_OWN_404 = ("/ajax-api/2.0/mlflow/users/current",)
+
+
+def test_a_reviewer_reads_the_story_in_a_browser(cycles, tmp_path):
+    """The version page and the run's scorecard in the MLflow 3 UI, and `plaster report`'s
+    HTML, rendered by headless Chromium: the decision and headline figures are on screen."""
+    from browser import browser
+    from mlflow import MlflowClient
+    from servers import mlflow_server_at
+
+    from orchestrator.workspace import Workspace
+
+    ws = Workspace.from_env()
+    client = MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
+    v2 = client.get_model_version(cycles.name, "2")
+    run = client.get_run(v2.run_id)
+    primary = cycles.pipeline.task.primary
+    row = next(line for line in v2.description.splitlines() if line.startswith(f"| {primary} (new) |"))
+    candidate_cell = row.strip("|").split("|")[1].strip()
+    rep = CliRunner().invoke(app, ["report", str(cycles.folder), "--out", str(tmp_path / "report")])
+    assert rep.exit_code == 0, rep.output
+    with browser() as look, mlflow_server_at(tmp_path, ws.tracking_uri) as url:
+        page = look(f"{url}/#/models/{cycles.name}/versions/2", "vs champion v1")
+        assert "PROMOTE" in page.text and "**PROMOTE**" not in page.text, "the description renders as Markdown"
+        assert f"{primary} (new)" in page.text and candidate_cell in page.text, page.text[:3000]
+        assert "p99 @ batch 1" in page.text and "data-to-live lag" in page.text
+        assert [f for f in page.failed if not f.endswith(MLFLOW_OWN_404)] == [], page.failed
+
+        card = look(f"{url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts/scorecard/scorecard.md",
+                    "Gate →")
+        assert "Gate → PROMOTE" in card.text, card.text[:3000]
+        assert [f for f in card.failed if not f.endswith(MLFLOW_OWN_404)] == [], card.failed
+
+        report = look((tmp_path / "report" / "index.html").as_uri(), "Plots")
+        assert report.images and all(report.images.values()), f"images that did not load: {report.images}"
+        assert report.console_errors == [] and report.failed == [], (report.console_errors, report.failed)
+        assert "PROMOTED" in report.text
 
 
 def test_gate_history_and_report(cycles, tmp_path):

@@ -210,6 +210,9 @@ def test_rollback_is_served_within_seconds(served, promoted):
     assert clients.answers[-1][2] == "1"
     assert _replicas() == replicas, "a rollback reconfigures the same replica"
     assert requests.get(f"{srv.url}/version", timeout=10).json()["version"] == "1"
+    # The MLflow version page of the version rolled away from says who, when and why.
+    page = api.registry_for(Workspace.from_env()).client.get_model_version("digits", "2").description
+    assert "**Rolled back**" in page and "serving test: back to v1" in page, page
 
 
 def test_stop_takes_the_application_down(served):

@@ -61,7 +61,7 @@ class FakeRegistry:
             if info["cycle_id"] == cycle_id:
                 return v
         v = str(len(self.versions) + 1)
-        self.versions[v] = {"cycle_id": cycle_id, "tags": dict(tags), "files": files}
+        self.versions[v] = {"cycle_id": cycle_id, "tags": dict(tags), "files": files, "description": description}
         return v
 
     def load_test(self, model, version, sample):
@@ -78,8 +78,16 @@ class FakeRegistry:
     def delete_alias(self, model, alias):
         self.aliases.pop(alias, None)
 
+    def _version(self, version) -> dict:
+        # Scripted promote stages report versions they never registered here: give them a page.
+        return self.versions.setdefault(str(version), {"cycle_id": None, "tags": {}, "files": {}})
+
     def set_version_tags(self, model, version, tags):
-        self.versions[version]["tags"].update(tags)
+        self._version(version)["tags"].update(tags)
+
+    def append_to_description(self, model, version, text):
+        v = self._version(version)
+        v["description"] = f"{v.get('description', '')}\n\n{text}".strip()
 
     def version_tags(self, model, version):
         return dict(self.versions[str(version)]["tags"])

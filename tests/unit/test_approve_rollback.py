@@ -50,6 +50,10 @@ def test_rollback_to_previous_and_back_with_reasons(home, digits):
     assert reg.aliases["champion"] == "1" and reg.aliases["previous"] == "2"
     assert reg.versions["2"]["tags"]["plaster.rolled_back"] == "true"
     assert (e["from"], e["to"], e["kind"]) == ("2", "1", "rollback")
+    # Both version pages say who rolled back, when and why.
+    assert "**Rolled back** " in reg.versions["2"]["description"] and "p99 doubled in prod" in reg.versions["2"]["description"]
+    assert f"by {e['actor']}" in reg.versions["2"]["description"] and " UTC " in reg.versions["2"]["description"]
+    assert "**Champion again**" in reg.versions["1"]["description"] and "from v2" in reg.versions["1"]["description"]
     api.rollback(digits, "false alarm", to="2", registry=reg)
     assert reg.aliases["champion"] == "2"
     assert [m["reason"] for m in ledger.load(Workspace.from_env(), "digits")] == ["p99 doubled in prod", "false alarm"]
