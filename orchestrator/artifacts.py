@@ -69,6 +69,8 @@ class Snapshot:
     skip_reason: str | None = None
     slices: dict[str, str] = field(default_factory=dict)  # fixed holdout slices (golden, data.slices) -> npz
     validation_file: str | None = None  # npz: new training rows set aside for early stopping
+    # Where the replayed rows came from, "<shard>#<row group>": replay reads only these.
+    replay_from: tuple[str, ...] = ()
 
     @property
     def oldest_arrival(self) -> float | None:

@@ -32,6 +32,25 @@ def read_shard(path: Path, inputs: tuple[InputSpec, ...], target: TargetSpec) ->
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several kinds for a damaged file
         raise ShardInvalid(f"not a readable Parquet file ({type(e).__name__}: {str(e)[:160]})") from None
+    return decode(table, inputs, target)
+
+
+def read_row_groups(path: Path, groups: list[int], inputs: tuple[InputSpec, ...],
+                    target: TargetSpec) -> tuple[Inputs, np.ndarray]:
+    """Only these row groups of a shard, and only the declared columns: what replay drew,
+    without reading the rest of the file (its footer says where each group lies)."""
+    import pyarrow.parquet as pq
+
+    wanted = [c for i in inputs for c in i.parquet_columns] + list(target.columns)
+    try:
+        table = pq.ParquetFile(path).read_row_groups(groups, columns=wanted)
+    except Exception as e:
+        raise ShardInvalid(f"not a readable Parquet file ({type(e).__name__}: {str(e)[:160]})") from None
+    return decode(table, inputs, target)
+
+
+def decode(table, inputs: tuple[InputSpec, ...], target: TargetSpec) -> tuple[Inputs, np.ndarray]:
+    """An Arrow table as (inputs by name, targets), checked against the declared schema."""
     wanted = [c for i in inputs for c in i.parquet_columns] + list(target.columns)
     missing = [c for c in wanted if c not in table.column_names]
     if missing:

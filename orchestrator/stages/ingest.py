@@ -16,7 +16,7 @@ import numpy as np
 
 from orchestrator.artifacts import QuarantinedShard, Shard, Snapshot, sha256_file
 from orchestrator.context import StageContext
-from orchestrator.dataset import ShardInvalid, concat, read_shard, save_arrays, take
+from orchestrator.dataset import ShardInvalid, concat, read_row_groups, read_shard, save_arrays, take
 from orchestrator.errors import DataError
 
 QUARANTINE = "_quarantine"
@@ -37,14 +37,31 @@ def quarantine(path: Path, sha: str, reason: str) -> QuarantinedShard:
     return QuarantinedShard(path.name, str(target), sha, reason)
 
 
-def _originals(paths: list[Path]) -> tuple[dict[Path, str], dict[str, Path]]:
-    """Each shard's sha256, and for each content the shard that arrived first (then by name):
-    a copy of it under another name is a duplicate, however the names sort."""
-    shas = {p: sha256_file(p) for p in paths}
+def _hashes(cache: Path, paths: list[Path]) -> dict[Path, str]:
+    """Each shard's sha256, hashing only shards not seen before: shards are written once
+    (atomically, then never changed), so (name, mtime, size) names the content. Without this
+    every cycle would read every byte of the history just to recognise it as learned."""
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    out, keep = {}, {}
+    for p in paths:
+        st = p.stat()
+        key = f"{p.name}|{st.st_mtime_ns}|{st.st_size}"
+        out[p] = keep[key] = known.get(key) or sha256_file(p)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(keep))
+    tmp.replace(cache)
+    return out
+
+
+def _originals(shas: dict[Path, str]) -> dict[str, Path]:
+    """For each content the shard that arrived first (then by name): a copy of it under
+    another name is a duplicate, however the names sort."""
+    paths = list(shas)
     first: dict[str, Path] = {}
     for p in sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name)):
         first.setdefault(shas[p], p)
-    return shas, first
+    return first
 
 
 def run(ctx: StageContext) -> Snapshot:
@@ -69,7 +86,8 @@ def run(ctx: StageContext) -> Snapshot:
             reason = "not a file: a folder named *.parquet; put each shard in data.source as one Parquet file"
             quarantined.append(quarantine(path, "", reason))
             ctx.say(f"quarantined {path.name}: {reason}")
-    shas, first = _originals([p for p in found if p.is_file()])
+    shas = _hashes(ctx.workspace.home / "cache" / f"sha256-{ctx.pipeline.name}.json", [p for p in found if p.is_file()])
+    first = _originals(shas)
     for path, sha in shas.items():
         if first[sha] != path:
             # The same bytes under a second name: learning them again would count those rows
@@ -120,9 +138,9 @@ def run(ctx: StageContext) -> Snapshot:
     # Replay: older rows mixed into training so the candidate does not forget the past.
     replay_rows = 0
     want = int(len(train) * cfg.ingest.replay_fraction)
+    replay_from: tuple[str, ...] = ()
     if want and old_paths:
-        olds = [read_shard(p, inputs, target) for p in old_paths]
-        x_old, y_old = concat([o[0] for o in olds]), np.concatenate([o[1] for o in olds])
+        x_old, y_old, replay_from = _draw_replay(old_paths, want, rng, inputs, target)
         pick = rng.choice(len(y_old), size=min(want, len(y_old)), replace=False)
         x_train, y_train = concat([x_train, take(x_old, pick)]), np.concatenate([y_train, y_old[pick]])
         replay_rows = len(pick)
@@ -153,7 +171,32 @@ def run(ctx: StageContext) -> Snapshot:
         golden_rows=golden_rows,
         learned=tuple(sorted(learned | {s.sha256 for s in new})),
         validation_file=val_file,
+        replay_from=replay_from,
     )
+
+
+def _draw_replay(old_paths: list[Path], want: int, rng: np.random.Generator, inputs, target):
+    """Rows for replay, reading only what is drawn: the learned shards' row groups (from
+    their Parquet footers) are drawn with probability proportional to their rows until `want`
+    rows are covered, and only those groups are read. The cost follows `want`, which follows
+    the new data, not the number of shards already learned. Rows of one group come together
+    (a group is a contiguous stretch of one shard); over cycles every group gets drawn."""
+    import pyarrow.parquet as pq
+
+    units = []  # (path, row group, rows)
+    for p in old_paths:
+        meta = pq.ParquetFile(p).metadata
+        units += [(p, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+    rows = np.array([u[2] for u in units], dtype=np.float64)
+    order = rng.choice(len(units), size=len(units), replace=False, p=rows / rows.sum())
+    covered = np.cumsum(rows[order])
+    drawn = order[: int(np.searchsorted(covered, want)) + 1]
+    by_shard: dict[Path, list[int]] = {}
+    for i in sorted(drawn, key=lambda i: (units[i][0].name, units[i][1])):
+        by_shard.setdefault(units[i][0], []).append(units[i][1])
+    parts = [read_row_groups(p, groups, inputs, target) for p, groups in by_shard.items()]
+    x, y = concat([q[0] for q in parts]), np.concatenate([q[1] for q in parts])
+    return x, y, tuple(f"{p.name}#{g}" for p, groups in by_shard.items() for g in groups)
 
 
 def pending(source: Path, learned: set[str]) -> tuple[int, float | None]:

@@ -167,3 +167,28 @@ def test_a_copy_of_a_learned_shard_is_a_duplicate_and_not_replayed_twice(stream,
 
     assert [(q.name, "already learned" in q.reason) for q in snap.quarantined] == [("again.parquet", True)]
     assert snap.new_shards == () and snap.skip_reason
+
+
+def test_replay_reads_only_the_row_groups_it_draws_however_many_shards_are_learned(stream, home):
+    digits, good = stream
+    src = good[0].parent
+    both = pa.concat_tables([pq.read_table(p) for p in good])
+    learned_paths = []
+    for i in range(40):  # 40 learned shards of 250 distinct rows each, in row groups of 50
+        p = src / f"old-{i:02d}.parquet"
+        pq.write_table(both.slice(i, 250), p, row_group_size=50)
+        learned_paths.append(p)
+    learned = [sha256_file(p) for p in learned_paths]
+    folder = home / "champ"
+    write_champion_folder(folder, learned)
+    reg = FakeRegistry()
+    reg.champion_ref = VersionRef("1", "r", str(folder), "fp32", "onnxruntime")
+    reg.learned = learned
+    snap = ingest.run(context(home, digits, reg))
+    assert snap.replay_rows == snap.train_rows - snap.replay_rows  # replay_fraction 1.0 of the new rows
+    groups = [r.split("#") for r in snap.replay_from]
+    assert all(name.startswith("old-") and 0 <= int(g) < 5 for name, g in groups)
+    # What was read covers `want` rows and at most one row group more: ~want/50 groups of
+    # the 200 learned, not the whole history.
+    assert 50 * (len(groups) - 1) < snap.replay_rows <= 50 * len(groups)
+    assert len(groups) < 200
