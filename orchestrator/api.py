@@ -81,7 +81,17 @@ def simulate(folder: str | Path, shards: int, shuffle_labels: bool = False) -> l
     if not sim.is_file():
         raise ConfigError(f"{pipeline.folder} has no simulate.py: only reference pipelines ship a data simulator; "
                           f"drop your own Parquet shards into {pipeline.source}")
-    return pipeline.module("simulate.py").simulate(pipeline.source, pipeline.golden, shards, shuffle_labels=shuffle_labels)
+    bucket = pipeline.bucket
+    if bucket is None:
+        return pipeline.module("simulate.py").simulate(pipeline.source, pipeline.golden, shards,
+                                                       shuffle_labels=shuffle_labels)
+    # A bucket source: simulate into a staging folder (which also numbers the shards), then
+    # upload each new shard, as a producer writing to the bucket would.
+    staging = Workspace.from_env().home / "simulated" / pipeline.name
+    made = pipeline.module("simulate.py").simulate(staging, pipeline.golden, shards, shuffle_labels=shuffle_labels)
+    for p in made:
+        bucket.upload(p)
+    return made
 
 
 def gate(folder: str | Path, candidate: str | None = None, registry=None,
@@ -196,6 +206,9 @@ def approve(folder: str | Path, version: str, reason: str = "", registry=None) -
         who = ledger.actor()
         registry.set_version_tags(name, version, {"plaster.awaiting_approval": "false", "plaster.approved_by": who})
         entry = ledger.record(ws, name, "champion", current, version, ledger.APPROVE, reason or "approved", who=who)
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry["at"]))
+        registry.append_to_description(name, version, f"**Approved** {when} by {who}: {entry['reason']}. Champion "
+                                       f"since then" + (f" (previous: v{current})." if current else "."))
     return entry
 
 

@@ -12,8 +12,26 @@ import hashlib
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+
+class GateDecision(StrEnum):
+    """What the gate says of a scorecard."""
+
+    PROMOTE = "PROMOTE"
+    REJECT = "REJECT"
+    HOLD = "HOLD"  # passing, but a required figure was not measured or promotion is manual
+
+
+class Decision(StrEnum):
+    """How a cycle ended. Strings underneath, so records and JSON stay plain text."""
+
+    PROMOTED = "PROMOTED"
+    REJECTED = "REJECTED"
+    HELD = "HELD"  # the challenger waits for `plaster approve`
+    SKIPPED = "SKIPPED"  # too little new data: nothing trained
 
 
 def sha256_file(path: str | Path) -> str:
@@ -242,7 +260,7 @@ class Scorecard:
     machine: str
     confidence: float
     verdicts: tuple[Verdict, ...]
-    decision: str  # PROMOTE | REJECT | HOLD
+    decision: str  # a GateDecision
     size: ModelSize  # of the candidate's FP32 model
     champion_size: ModelSize | None
     rate: dict[str, Any]  # P and R: epochs, samples trained, seconds per stage so far
@@ -251,7 +269,7 @@ class Scorecard:
 
 @dataclass(frozen=True)
 class Promotion:
-    decision: str  # PROMOTED | REJECTED | HELD
+    decision: str  # a Decision: PROMOTED | REJECTED | HELD
     version: str | None
     champion_before: str | None
     champion_after: str | None

@@ -82,7 +82,8 @@ class TargetConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    source: str = Field(description="folder of Parquet shards; ${PLASTER_HOME} and env vars expand")
+    source: str = Field(description="folder of Parquet shards, or a bucket (s3://bucket/prefix, gs://...); "
+                        "${PLASTER_HOME} and env vars expand")
     golden: str | None = Field(None, description="Parquet file: fixed holdout of the original distribution")
     slices: dict[str, str] = Field(default_factory=dict, description="more named holdout Parquet files to judge on")
     inputs: dict[str, InputConfig] | None = Field(None, min_length=1, description="named model inputs, in the order "
@@ -336,8 +337,26 @@ class Pipeline:
         return self.folder / "model.py"
 
     @property
+    def source_uri(self) -> str:
+        return _expand(self.config.data.source, "data.source")
+
+    @property
+    def bucket(self):
+        """The data source's bucket (sources.Bucket), or None for a folder."""
+        from orchestrator.sources import Bucket, is_bucket
+
+        return Bucket(self.source_uri) if is_bucket(self.source_uri) else None
+
+    @property
     def source(self) -> Path:
-        return Path(_expand(self.config.data.source, "data.source"))
+        """The folder ingest reads: data.source itself, or a bucket's mirror in PLASTER_HOME."""
+        from orchestrator.sources import is_bucket, mirror_folder
+
+        if is_bucket(self.source_uri):
+            from orchestrator.workspace import Workspace
+
+            return mirror_folder(Workspace.from_env().home, self.name)
+        return Path(self.source_uri)
 
     @property
     def golden(self) -> Path | None:

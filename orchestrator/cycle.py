@@ -16,34 +16,34 @@ import time
 from typing import Any, Callable, NoReturn
 
 from orchestrator import record as records
-from orchestrator.artifacts import Checkpoint, EngineSet, OnnxModel, Promotion, Scorecard, Snapshot, from_dict, to_dict
+from orchestrator.artifacts import Checkpoint, Decision, EngineSet, OnnxModel, Promotion, Scorecard, Snapshot, from_dict, to_dict
 from orchestrator.config import Pipeline
 from orchestrator.context import StageContext
 from orchestrator.errors import CandidateRejected, ChampionMoved, Interrupted, PlasterError, RegistryError, ResumeError
 from orchestrator.storage import for_pipeline as storage_for
 from orchestrator.workspace import Workspace
 
-STAGES = ("ingest", "train", "export", "build", "validate", "promote")
-OUTPUT = {"ingest": Snapshot, "train": Checkpoint, "export": OnnxModel, "build": EngineSet,
-          "validate": Scorecard, "promote": Promotion}
-PROMOTED, REJECTED, SKIPPED, HELD = "PROMOTED", "REJECTED", "SKIPPED", "HELD"
+# Each stage: the artifact it returns and the earlier stages' artifacts it takes, in order.
+# Adding a stage is one line here (and its module in orchestrator/stages/).
+PLAN: dict[str, tuple[type, tuple[str, ...]]] = {
+    "ingest": (Snapshot, ()),
+    "train": (Checkpoint, ("ingest",)),
+    "export": (OnnxModel, ("ingest", "train")),
+    "build": (EngineSet, ("ingest", "export")),
+    "validate": (Scorecard, ("ingest", "train", "build")),
+    "promote": (Promotion, ("ingest", "train", "export", "build", "validate")),
+}
+STAGES = tuple(PLAN)
+OUTPUT = {name: out for name, (out, _) in PLAN.items()}
+PROMOTED, REJECTED, SKIPPED, HELD = Decision.PROMOTED, Decision.REJECTED, Decision.SKIPPED, Decision.HELD
 
 
 def _call(name: str, ctx: StageContext, o: dict[str, Any]) -> Any:
     # Stages import torch/onnx/ray: load them only when a cycle needs them.
-    from orchestrator.stages import build, export, ingest, promote, train, validate
+    import importlib
 
-    if name == "ingest":
-        return ingest.run(ctx)
-    if name == "train":
-        return train.run(ctx, o["ingest"])
-    if name == "export":
-        return export.run(ctx, o["ingest"], o["train"])
-    if name == "build":
-        return build.run(ctx, o["ingest"], o["export"])
-    if name == "validate":
-        return validate.run(ctx, o["ingest"], o["train"], o["build"])
-    return promote.run(ctx, o["ingest"], o["train"], o["export"], o["build"], o["validate"])
+    stage = importlib.import_module(f"orchestrator.stages.{name}")
+    return stage.run(ctx, *(o[n] for n in PLAN[name][1]))
 
 
 def _from_registry(e: Exception) -> bool:

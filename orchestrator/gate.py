@@ -10,12 +10,12 @@ acts (promote moves aliases).
 
 from __future__ import annotations
 
-from orchestrator.artifacts import Comparison, EngineScore, Verdict
+from orchestrator.artifacts import Comparison, EngineScore, GateDecision, Verdict
 from orchestrator.config import GateConfig
 from orchestrator.tasks import TASKS, Task
 
 PASS, FAIL, NOT_MEASURED = "PASS", "FAIL", "NOT_MEASURED"
-PROMOTE, REJECT, HOLD = "PROMOTE", "REJECT", "HOLD"
+PROMOTE, REJECT, HOLD = GateDecision.PROMOTE, GateDecision.REJECT, GateDecision.HOLD
 
 
 _PCT = ("accuracy", "micro_f1")  # shown in percentage points; error metrics in their own units

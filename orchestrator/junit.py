@@ -1,5 +1,6 @@
-"""The gate's verdicts as JUnit XML, the one test-report format GitHub Actions, GitLab CI and
-Jenkins all render without plugins: one test case per gate rule, PASS passed, FAIL failed
+"""The gate's verdicts as JUnit XML, the test-report format CI systems share (GitLab CI and
+Jenkins render it as they come; GitHub Actions through a report action, as the README's job
+shows): one test case per gate rule, PASS passed, FAIL failed
 with its reason, NOT_MEASURED skipped with why (a failure when the rule is `required`,
 since that holds the candidate).
 

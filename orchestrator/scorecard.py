@@ -284,9 +284,10 @@ def publish(registry: Any, run_id: str, sc: Scorecard, raw: Raw | None, out: Pat
 
 # --- the registered version's page --------------------------------------------------------
 
-def headline(sc: Scorecard, run_id: str, reasons: list[str] | None = None) -> str:
+def headline(sc: Scorecard, run_id: str, reasons: list[str] | None = None, experiment_id: str | None = None) -> str:
     """The MLflow version description: the decision with its reasons and the scorecard's
-    headline as a Markdown table, linking the full scorecard in the run."""
+    headline as a Markdown table, linking the full scorecard in the run (a link relative to
+    the MLflow UI the page is read in, so it holds behind any host name)."""
     cand, champ, cmp = sc.chosen, sc.champion, sc.comparison
     vs = f"champion v{sc.champion_version}" if sc.champion_version else "no champion (first version)"
     lines = [f"**{sc.decision}** vs {vs}, served as {_name(cand)}.", ""]
@@ -310,13 +311,17 @@ def headline(sc: Scorecard, run_id: str, reasons: list[str] | None = None) -> st
         lines.append(f"| p99 @ batch {lat.batch} (ms) | {lat.p99_ms:.3f} | "
                      f"{f'{other.p99_ms:.3f}' if other else '—'} | "
                      f"{f'p50 ratio {r.ratio:.3f}x [{r.ci[0]:.3f}, {r.ci[1]:.3f}]' if r else '—'} |")
-    lines += ["", f"Full scorecard: `scorecard/scorecard.md` in run `{run_id}` (its artifacts)."]
+    where = f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/scorecard/scorecard.md"
+    lines += ["", f"Full scorecard: [scorecard/scorecard.md]({where}) in run `{run_id}`." if experiment_id
+              else f"Full scorecard: `scorecard/scorecard.md` in run `{run_id}` (its artifacts)."]
     return "\n".join(lines)
 
 
 def headline_tags(sc: Scorecard) -> dict[str, str]:
-    """Headline figures as version tags, so versions sort and filter in the UI and in
-    `search_model_versions` (e.g. "tags.`plaster.accuracy.new` > '0.9'")."""
+    """Headline figures as version tags: the MLflow UI's version list shows them, and
+    `search_model_versions` filters on them. MLflow compares tags as strings (=, !=, LIKE,
+    ILIKE), so filter by decision or pattern ("tags.`plaster.decision` = 'PROMOTE'") and
+    compare figures after reading them (`float(v.tags["plaster.accuracy.new"])`)."""
     out = {}
     for metric, by_slice in _metric_figures(sc.chosen).items():
         for s, fig in by_slice.items():

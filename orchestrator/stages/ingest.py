@@ -22,7 +22,17 @@ from orchestrator.errors import DataError
 QUARANTINE = "_quarantine"
 
 
-def quarantine(path: Path, sha: str, reason: str) -> QuarantinedShard:
+def quarantine(path: Path, sha: str, reason: str, bucket=None) -> QuarantinedShard:
+    """Move a bad shard aside with its reason; for a bucket source, the object too."""
+    if bucket is not None:
+        where = bucket.quarantine(path.name, {"shard": path.name, "sha256": sha, "reason": reason,
+                                              "quarantined_at": time.time()})
+        _quarantine_local(path, sha, reason)  # the mirror's copy goes aside too
+        return QuarantinedShard(path.name, f"{bucket.describe().split('://')[0]}://{where}", sha, reason)
+    return _quarantine_local(path, sha, reason)
+
+
+def _quarantine_local(path: Path, sha: str, reason: str) -> QuarantinedShard:
     folder = path.parent / QUARANTINE
     folder.mkdir(exist_ok=True)
     target = folder / path.name
@@ -68,6 +78,10 @@ def run(ctx: StageContext) -> Snapshot:
     cfg = ctx.pipeline.config
     source = ctx.pipeline.source
     inputs, target = ctx.pipeline.inputs, ctx.pipeline.target
+    bucket = ctx.pipeline.bucket
+    if bucket is not None:
+        ctx.say(f"mirroring new shards from {bucket.describe()}")
+        bucket.mirror(source)
     if not source.is_dir():
         raise DataError(
             f"data source {source} does not exist: set data.source in {ctx.pipeline.folder / 'pipeline.yaml'}"
@@ -84,7 +98,7 @@ def run(ctx: StageContext) -> Snapshot:
     for path in found:
         if not path.is_file():  # e.g. a partitioned dataset's folder: nothing to hash or read as one shard
             reason = "not a file: a folder named *.parquet; put each shard in data.source as one Parquet file"
-            quarantined.append(quarantine(path, "", reason))
+            quarantined.append(quarantine(path, "", reason, bucket))
             ctx.say(f"quarantined {path.name}: {reason}")
     shas = _hashes(ctx.workspace.home / "cache" / f"sha256-{ctx.pipeline.name}.json", [p for p in found if p.is_file()])
     first = _originals(shas)
@@ -94,7 +108,7 @@ def run(ctx: StageContext) -> Snapshot:
             # twice (in min_new_rows, the holdout and replay). The first arrival stays.
             reason = (f"duplicate: the same bytes as {first[sha].name} (sha256 {sha[:12]}…), which "
                       + ("is already learned" if sha in learned else "this cycle learns") + "; a shard is learned once")
-            quarantined.append(quarantine(path, sha, reason))
+            quarantined.append(quarantine(path, sha, reason, bucket))
             ctx.say(f"quarantined {path.name}: {reason}")
             continue
         if sha in learned:
@@ -103,7 +117,7 @@ def run(ctx: StageContext) -> Snapshot:
         try:
             x, y = read_shard(path, inputs, target)
         except ShardInvalid as e:
-            quarantined.append(quarantine(path, sha, str(e)))
+            quarantined.append(quarantine(path, sha, str(e), bucket))
             ctx.say(f"quarantined {path.name}: {e}")
             continue
         new.append(Shard(path.name, str(path), sha, len(y), path.stat().st_mtime))
@@ -197,6 +211,14 @@ def _draw_replay(old_paths: list[Path], want: int, rng: np.random.Generator, inp
     parts = [read_row_groups(p, groups, inputs, target) for p, groups in by_shard.items()]
     x, y = concat([q[0] for q in parts]), np.concatenate([q[1] for q in parts])
     return x, y, tuple(f"{p.name}#{g}" for p, groups in by_shard.items() for g in groups)
+
+
+def pending_of(pipeline, learned: set[str]) -> tuple[int, float | None]:
+    """pending() for a pipeline's data source, a folder or a bucket (listings and footers)."""
+    bucket = pipeline.bucket
+    if bucket is None:
+        return pending(pipeline.source, learned)
+    return bucket.pending(pipeline.source, learned, lambda p: _hash_cached(p, p.stat().st_mtime_ns, p.stat().st_size))
 
 
 def pending(source: Path, learned: set[str]) -> tuple[int, float | None]:

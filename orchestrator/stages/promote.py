@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator import ledger
-from orchestrator.artifacts import Checkpoint, EngineSet, OnnxModel, Promotion, Scorecard, Snapshot, to_dict
+from orchestrator.artifacts import Checkpoint, Decision, EngineSet, OnnxModel, Promotion, Scorecard, Snapshot, to_dict
 from orchestrator.context import StageContext
 from orchestrator.dataset import load_arrays
 from orchestrator.errors import ChampionMoved
@@ -53,12 +53,11 @@ def _bundle(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, engin
     return folder
 
 
-def held_for(scorecard: Scorecard, promotion: str) -> list[str]:
-    """What a HELD version waits for, on its page."""
-    if scorecard.decision != HOLD:
-        return []
-    return [f"HELD: {r}; `plaster approve <pipeline> <version>` promotes it"
-            for r in hold_reasons(list(scorecard.verdicts), promotion)]
+def held_for(scorecard: Scorecard, promotion: str, folder, version: str) -> str:
+    """What a HELD version waits for, on its page, with the command that approves it."""
+    waits = "; ".join(hold_reasons(list(scorecard.verdicts), promotion))
+    return (f"**HELD, awaiting approval**: {waits}. `plaster approve {folder} {version} --reason \"...\"` "
+            "promotes it if the champion is still the one it was judged against.")
 
 
 def model_description(pipeline) -> str:
@@ -81,23 +80,25 @@ def run(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, onnx_mode
         name, ctx.run_id, ctx.cycle_id, Path(onnx_model.path), {"plaster": bundle}, sample,
         tags={"plaster.decision": scorecard.decision, "plaster.precision": scorecard.chosen.precision,
               "plaster.backend": scorecard.chosen.backend, **headline_tags(scorecard)},
-        description=headline(scorecard, ctx.run_id, held_for(scorecard, ctx.pipeline.config.promotion)),
+        description=headline(scorecard, ctx.run_id, experiment_id=ctx.registry.experiment_id(name)),
         model_description=model_description(ctx.pipeline),
     )
     current = ctx.registry.alias(name, CHAMPION)
     if current == version:  # a resumed cycle that already promoted: never promote twice
-        return Promotion("PROMOTED", version, scorecard.champion_version, version, time.time(), reasons)
+        return Promotion(Decision.PROMOTED, version, scorecard.champion_version, version, time.time(), reasons)
     ctx.registry.set_alias(name, CHALLENGER, version)
 
     if scorecard.decision == HOLD:
         # `plaster approve` promotes it later only if the champion is still this one.
         ctx.registry.set_version_tags(name, version, {"plaster.awaiting_approval": "true",
                                                       "plaster.validated_against": current or ""})
+        ctx.registry.append_to_description(name, version, held_for(scorecard, ctx.pipeline.config.promotion,
+                                                                   ctx.pipeline.folder, version))
         held = tuple(hold_reasons(list(scorecard.verdicts), ctx.pipeline.config.promotion))
-        return Promotion("HELD", version, current, current, time.time(), reasons + held)
+        return Promotion(Decision.HELD, version, current, current, time.time(), reasons + held)
     if scorecard.decision != PROMOTE:
         ctx.registry.delete_alias(name, CHALLENGER)
-        return Promotion("REJECTED", version, current, current, time.time(), reasons)
+        return Promotion(Decision.REJECTED, version, current, current, time.time(), reasons)
 
     if current != scorecard.champion_version:
         raise ChampionMoved(f"champion moved from v{scorecard.champion_version} to v{current} during the cycle")
@@ -109,4 +110,4 @@ def run(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, onnx_mode
                   f"gate {scorecard.decision}: {sum(v.verdict == 'PASS' for v in scorecard.verdicts)} rule(s) passed",
                   cycle_id=ctx.cycle_id)
     ctx.say(f"promoted v{version} to champion" + (f" (previous: v{current})" if current else ""))
-    return Promotion("PROMOTED", version, current, version, time.time(), reasons)
+    return Promotion(Decision.PROMOTED, version, current, version, time.time(), reasons)

@@ -31,6 +31,7 @@ class Seen:
     console_errors: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     images: dict[str, bool] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)  # link text -> href as rendered
 
 
 @contextlib.contextmanager
@@ -58,6 +59,8 @@ def browser():
             seen.text = page.inner_text("body")
             seen.images = page.evaluate("() => Object.fromEntries([...document.images].map("
                                         "i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0]))")
+            seen.links = page.evaluate("() => Object.fromEntries([...document.links].map("
+                                       "a => [a.innerText.trim(), a.href]))")
             page.close()
             return seen
 

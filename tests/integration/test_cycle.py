@@ -161,11 +161,14 @@ def test_held_version_approved_then_rolled_back_and_the_history_shows_it(cycles,
     v = held["version"]
     assert str(client.get_model_version_by_alias("digits", "challenger").version) == v
     assert str(client.get_model_version_by_alias("digits", "champion").version) == "2", "held, not promoted"
+    page = client.get_model_version("digits", v).description
+    assert "**HELD, awaiting approval**" in page and f"plaster approve {cycles.digits} {v}" in page, page
 
     approved = runner.invoke(app, ["approve", str(cycles.digits), v, "--reason", "plots look right"])
     assert approved.exit_code == 0, approved.output
     assert str(client.get_model_version_by_alias("digits", "champion").version) == v
     assert str(client.get_model_version_by_alias("digits", "previous").version) == "2"
+    assert "**Approved**" in client.get_model_version("digits", v).description.split("**HELD")[-1]
     again = runner.invoke(app, ["approve", str(cycles.digits), v])
     assert again.exit_code == 1 and "not awaiting approval" in again.output
 

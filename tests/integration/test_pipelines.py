@@ -96,7 +96,8 @@ def test_the_version_page_tells_the_story(cycles):
     v2 = client.get_model_version(cycles.name, "2")
     task = cycles.pipeline.task
     assert v2.description.startswith("**PROMOTE** vs champion v1") and f"| {task.primary} (new) |" in v2.description
-    assert "scorecard/scorecard.md" in v2.description and "p99 @ batch 1" in v2.description
+    assert f"[scorecard/scorecard.md](#/experiments/{client.get_run(v2.run_id).info.experiment_id}/runs/" in v2.description
+    assert "p99 @ batch 1" in v2.description
     assert float(v2.tags[f"plaster.{task.primary}.new"]) > 0 and f"plaster.{task.primary}.new.diff" in v2.tags
     found = client.search_model_versions(f"name = '{cycles.name}' and tags.`plaster.decision` = 'PROMOTE'")
     assert {str(m.version) for m in found} == {"1", "2"}
@@ -136,10 +137,19 @@ def test_a_reviewer_reads_the_story_in_a_browser(cycles, tmp_path):
         assert "p99 @ batch 1" in page.text and "data-to-live lag" in page.text
         assert [f for f in page.failed if not f.endswith(MLFLOW_OWN_404)] == [], page.failed
 
-        card = look(f"{url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts/scorecard/scorecard.md",
-                    "Gate →")
+        # The page's own link to the full scorecard is what a reviewer follows.
+        href = page.links.get("scorecard/scorecard.md", "")
+        assert href.endswith(f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+                             "/artifacts/scorecard/scorecard.md"), page.links
+        card = look(href, "Gate →")
         assert "Gate → PROMOTE" in card.text, card.text[:3000]
+        assert f"{primary} (new)" in card.text and candidate_cell in card.text, card.text[:3000]
+        assert "latency p99 @ batch 1 (ms)" in card.text
         assert [f for f in card.failed if not f.endswith(MLFLOW_OWN_404)] == [], card.failed
+
+        # The version list shows the headline tags beside each version.
+        versions = look(f"{url}/#/models/{cycles.name}", "Version 2")
+        assert f"plaster.{primary}.new" in versions.text, versions.text[:3000]
 
         report = look((tmp_path / "report" / "index.html").as_uri(), "Plots")
         assert report.images and all(report.images.values()), f"images that did not load: {report.images}"

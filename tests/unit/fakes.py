@@ -24,6 +24,9 @@ class FakeRegistry:
         self.move_champion_on_read: str | None = None  # simulate another process promoting meanwhile
         self.runs: dict[str, str] = {}
 
+    def experiment_id(self, pipeline):
+        return "1"
+
     def start_cycle_run(self, pipeline, cycle_id, tags):
         run_id = f"run-{len(self.runs) + 1}"
         self.runs[run_id] = "RUNNING"

@@ -31,6 +31,7 @@ def test_approve_promotes_a_held_version_and_records_who(home, digits, monkeypat
     assert reg.aliases == {"champion": "2", "previous": "1"}
     assert (e["from"], e["to"], e["kind"], e["actor"], e["reason"]) == ("1", "2", "approve", "alice", "looked at the plots")
     assert reg.versions["2"]["tags"]["plaster.awaiting_approval"] == "false"
+    assert "**Approved**" in reg.versions["2"]["description"] and "alice: looked at the plots" in reg.versions["2"]["description"]
     assert ledger.load(Workspace.from_env(), "digits") == [e]
 
 
