@@ -276,6 +276,7 @@ def history(folder: str | Path, last: int = 50) -> dict[str, Any]:
             "new_accuracy_champion": new["champion"] if new else None, "new_accuracy_candidate": cand_new,
             "metric": metric,
             "new_rows": sum(s["rows"] for s in r["stages"].get("ingest", {}).get("output", {}).get("new_shards", [])),
+            "drift": (r["stages"].get("ingest", {}).get("output") or {}).get("drift"),
             "alias_moves": [m for m in moves if m.get("cycle_id") == r["id"]],
         })
     return {"pipeline": pipeline.name, "cycles": cycles, "alias_moves": moves}

@@ -89,6 +89,10 @@ class Snapshot:
     validation_file: str | None = None  # npz: new training rows set aside for early stopping
     # Where the replayed rows came from, "<shard>#<row group>": replay reads only these.
     replay_from: tuple[str, ...] = ()
+    # The training rows' per-feature statistics (drift.profile), kept with the version.
+    profile_file: str | None = None
+    # The new rows against the champion's training data (drift.measure), before training.
+    drift: dict[str, Any] | None = None
 
     @property
     def oldest_arrival(self) -> float | None:
@@ -265,6 +269,7 @@ class Scorecard:
     champion_size: ModelSize | None
     rate: dict[str, Any]  # P and R: epochs, samples trained, seconds per stage so far
     candidate_version: str | None = None  # set when `plaster gate` re-validates a registered version
+    drift: dict[str, Any] | None = None  # the new data vs the champion's training data (drift.measure)
 
 
 @dataclass(frozen=True)

@@ -248,6 +248,10 @@ class ScheduleConfig(_Strict):
     max_staleness: float | None = Field(
         None, gt=0, description="seconds: also start when the oldest unlearned shard is older than this, "
                                 "even below ingest.min_new_rows")
+    drift_threshold: float | None = Field(
+        None, gt=0, description="also start, even below ingest.min_new_rows, when the unlearned shards have drifted "
+                                "this far from the champion's training data: PSI of a numeric feature (0.1 moderate, "
+                                "0.25 large) or Jensen-Shannon distance of an id input")
 
     @field_validator("cron")
     @classmethod

@@ -115,8 +115,14 @@ def _cycle_cells(c: dict) -> dict[str, str]:
         "stages (s)": " ".join(f"{k[:3]} {v:.1f}" for k, v in c["stage_seconds"].items()),
         "new data: champion → candidate": "—" if (before, after) == (None, None)
         else f"{_metric(c.get('metric', 'accuracy'), before)} → {_metric(c.get('metric', 'accuracy'), after)}",
+        "drift (worst feature)": _drift(c.get("drift")),
         "alias moves": "; ".join(_move(m) for m in c["alias_moves"]),
     }
+
+
+def _drift(d: dict | None) -> str:
+    # The new rows against the champion's training data, measured before training.
+    return "—" if not d or not d.get("worst") else f"{d['metric']} {d['score']:.3g} ({d['worst']})"
 
 
 def _move_cells(m: dict) -> dict[str, str]:

@@ -1,8 +1,9 @@
 """`plaster schedule`: cycles start without anyone calling `run`.
 
 Per pipeline (pipeline.yaml `schedule:`): a cron trigger, and a data-arrival trigger that
-polls the data source and starts a cycle when the new rows reach `ingest.min_new_rows` or
-the oldest unlearned shard is older than `max_staleness`. APScheduler 3 keeps the jobs in a
+polls the data source and starts a cycle when the new rows reach `ingest.min_new_rows`, the
+oldest unlearned shard is older than `max_staleness`, or the unlearned rows drifted beyond
+`drift_threshold` from the champion's training data. APScheduler 3 keeps the jobs in a
 SQLAlchemy job store on SQLite under PLASTER_HOME, so schedules (and missed runs, coalesced
 into one) survive restarts. One cycle per pipeline at a time, across processes: the same
 lock as `plaster run`; a trigger that finds it held is folded into the cycle running.
@@ -128,7 +129,9 @@ class Daemon:
         _DAEMON = None
 
     def due(self, folder: str) -> str | None:
-        """'data' or 'staleness' when the data source holds enough unlearned data, else None."""
+        """'data' when the data source holds enough unlearned rows; else 'staleness' when the
+        oldest has waited too long, or 'drift' when the unlearned rows moved beyond
+        schedule.drift_threshold from the champion's training data; else None."""
         from orchestrator.stages import ingest
 
         p = self.pipelines[folder]
@@ -141,6 +144,13 @@ class Daemon:
         stale = p.config.schedule.max_staleness
         if stale and oldest is not None and rows > 0 and time.time() - oldest >= stale:
             return "staleness"
+        threshold = p.config.schedule.drift_threshold
+        if threshold and rows > 0 and champion is not None:
+            moved = ingest.pending_drift(p, learned, champion)
+            if moved and moved["score"] >= threshold:
+                self.say(f"{p.name}: drift {moved['metric']} {moved['score']:.3f} on {moved['worst']} "
+                         f">= schedule.drift_threshold {threshold}")
+                return "drift"
         return None
 
     def cycle(self, folder: str, trigger: str) -> dict | None:

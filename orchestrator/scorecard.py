@@ -172,6 +172,7 @@ def markdown(sc: Scorecard, rate: dict | None = None,
         served = "◀ served" if (e.backend, e.precision) == (cand.backend, cand.precision) else ""
         lines.append(f"| {_name(e)} | " + " | ".join(_show(e.metric, e.accuracy.get(s)) for s in slices)
                      + f" | {e.p50_ms:.3f} | {_num(e.throughput.value, '{:,.0f}')} | {e.size_bytes:,} | {served} |")
+    lines += drift_lines(sc.drift)
     lines += ["", f"Chosen: {sc.chosen_reason}", "", f"## Gate → {sc.decision}", "",
               "| rule | verdict | required | reason |", "|---|---|---|---|"]
     lines += [f"| {_cell(v.rule)} | {v.verdict} | {'yes' if v.required else ''} | {_cell(v.reason)} |"
@@ -179,6 +180,18 @@ def markdown(sc: Scorecard, rate: dict | None = None,
     lines += ["", f"**Decision: {sc.decision}**", ""]
     lines += [f"![{Path(i).stem}]({i})" for i in images]
     return "\n".join(lines) + "\n"
+
+
+def drift_lines(d: dict | None) -> list[str]:
+    """The D row: how far the new rows moved from the champion's training data, worst features first."""
+    if not d or not d.get("top"):
+        return ["", "## Drift", "", "Not measured: no champion, or a champion registered without its training profile."]
+    out = ["", f"## Drift (the {d['rows']} new rows vs the champion's training data, before training)", "",
+           "| feature | PSI | Jensen-Shannon distance |", "|---|---|---|"]
+    for name, f in d["top"]:
+        psi = f"{f['psi']:.3f}" if "psi" in f else "—"  # ids have a distribution, not bins
+        out.append(f"| {_cell(name)} | {psi} | {f['js']:.3f} |")
+    return out
 
 
 # --- plots -----------------------------------------------------------------------------
@@ -312,6 +325,10 @@ def headline(sc: Scorecard, run_id: str, reasons: list[str] | None = None, exper
                      f"{f'{other.p99_ms:.3f}' if other else '—'} | "
                      f"{f'p50 ratio {r.ratio:.3f}x [{r.ci[0]:.3f}, {r.ci[1]:.3f}]' if r else '—'} |")
     where = f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/scorecard/scorecard.md"
+    if sc.drift and sc.drift.get("worst"):
+        d = sc.drift
+        lines += ["", f"Drift of the new data vs the champion's training data: {d['metric']} {d['score']:.3f} "
+                  f"on `{d['worst']}` ({d['rows']} new rows)."]
     lines += ["", f"Full scorecard: [scorecard/scorecard.md]({where}) in run `{run_id}`." if experiment_id
               else f"Full scorecard: `scorecard/scorecard.md` in run `{run_id}` (its artifacts)."]
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator import drift
 from orchestrator.artifacts import QuarantinedShard, Shard, Snapshot, sha256_file
 from orchestrator.context import StageContext
 from orchestrator.dataset import ShardInvalid, concat, read_row_groups, read_shard, save_arrays, take
@@ -89,6 +90,7 @@ def run(ctx: StageContext) -> Snapshot:
         )
     champion = ctx.registry.champion(ctx.pipeline.name, ctx.workspace.home / "champions" / ctx.pipeline.name)
     learned = set(ctx.registry.lineage(champion)) if champion else set()
+    reference = champion_profile(champion)
 
     new: list[Shard] = []
     quarantined: list[QuarantinedShard] = []
@@ -120,14 +122,19 @@ def run(ctx: StageContext) -> Snapshot:
             quarantined.append(quarantine(path, sha, str(e), bucket))
             ctx.say(f"quarantined {path.name}: {e}")
             continue
+        why = drift.impossible(reference, x, inputs)
+        if why:
+            quarantined.append(quarantine(path, sha, why, bucket))
+            ctx.say(f"quarantined {path.name}: {why}")
+            continue
         new.append(Shard(path.name, str(path), sha, len(y), path.stat().st_mtime))
         xs.append(x)
         ys.append(y)
 
     rows = sum(s.rows for s in new)
     common = dict(new_shards=tuple(new), quarantined=tuple(quarantined), champion=champion)
-    # A staleness trigger learns whatever has arrived: old data waiting is the worse risk.
-    min_rows = 1 if ctx.extras.get("trigger") == "staleness" else cfg.ingest.min_new_rows
+    # A staleness or drift trigger learns whatever has arrived: old or moved data waiting is the worse risk.
+    min_rows = 1 if ctx.extras.get("trigger") in ("staleness", "drift") else cfg.ingest.min_new_rows
     if rows < min_rows:
         reason = f"{rows} new row(s) in {len(new)} shard(s) < ingest.min_new_rows={cfg.ingest.min_new_rows}"
         return Snapshot(**common, replay_rows=0, train_file="", holdout_new_file="", golden_file=None,
@@ -136,6 +143,9 @@ def run(ctx: StageContext) -> Snapshot:
 
     rng = np.random.default_rng(cfg.ingest.seed)
     x_new, y_new = concat(xs), np.concatenate(ys)
+    moved = drift.measure(reference, x_new, inputs) if reference else None
+    if moved and moved["worst"]:
+        ctx.say(f"drift vs the champion's training data: {moved['metric']} {moved['score']:.3f} on {moved['worst']}")
     order = rng.permutation(len(y_new))
     n_hold = max(1, int(round(len(y_new) * cfg.ingest.holdout_fraction)))
     hold, train = order[:n_hold], order[n_hold:]
@@ -160,6 +170,8 @@ def run(ctx: StageContext) -> Snapshot:
         replay_rows = len(pick)
 
     save_arrays(ctx.path("snapshot", "train.npz"), x_train, y_train)
+    profile_file = ctx.path("snapshot", "profile.json")
+    profile_file.write_text(json.dumps(drift.profile(x_train, inputs)))
     save_arrays(ctx.path("snapshot", "holdout_new.npz"), take(x_new, hold), y_new[hold])
     slices: dict[str, str] = {}
     golden_rows = 0
@@ -186,7 +198,22 @@ def run(ctx: StageContext) -> Snapshot:
         learned=tuple(sorted(learned | {s.sha256 for s in new})),
         validation_file=val_file,
         replay_from=replay_from,
+        profile_file=str(profile_file),
+        drift=_compact(moved),
     )
+
+
+def champion_profile(champion) -> dict | None:
+    """The champion's training-data profile from its bundle; None for versions older than it."""
+    f = Path(champion.folder) / "profile.json" if champion else None
+    return json.loads(f.read_text()) if f and f.is_file() else None
+
+
+def _compact(moved: dict | None, keep: int = 10) -> dict | None:
+    # The record keeps the worst features only: a 64-pixel input need not list all 64.
+    if not moved:
+        return None
+    return {**{k: v for k, v in moved.items() if k != "features"}, "top": [[n, f] for n, f in drift.top(moved, keep)]}
 
 
 def _draw_replay(old_paths: list[Path], want: int, rng: np.random.Generator, inputs, target):
@@ -219,6 +246,35 @@ def pending_of(pipeline, learned: set[str]) -> tuple[int, float | None]:
     if bucket is None:
         return pending(pipeline.source, learned)
     return bucket.pending(pipeline.source, learned, lambda p: _hash_cached(p, p.stat().st_mtime_ns, p.stat().st_size))
+
+
+_DRIFTS: dict[tuple, dict | None] = {}
+
+
+def pending_drift(pipeline, learned: set[str], champion) -> dict | None:
+    """Drift of the unlearned shards' rows against the champion's profile (the scheduler's
+    drift trigger); None without a profile or unlearned rows. Unlike pending(), it reads the
+    shards (a bucket's are mirrored, as ingest would); the answer is kept per set of shards,
+    so a poll re-reads only when one arrives."""
+    reference = champion_profile(champion)
+    if reference is None:
+        return None
+    source = pipeline.source
+    if pipeline.bucket is not None:
+        pipeline.bucket.mirror(source)
+    paths = [p for p in sorted(source.glob("*.parquet")) if p.is_file()] if source.is_dir() else []
+    shas = {p: _hash_cached(p, p.stat().st_mtime_ns, p.stat().st_size) for p in paths}
+    todo = sorted({sha: p for p, sha in shas.items() if sha not in learned}.items())
+    key = (pipeline.name, champion.version, tuple(sha for sha, _ in todo))
+    if key not in _DRIFTS:
+        xs = []
+        for _, path in todo:
+            try:
+                xs.append(read_shard(path, pipeline.inputs, pipeline.target)[0])
+            except ShardInvalid:
+                continue  # ingest will quarantine it
+        _DRIFTS[key] = drift.measure(reference, concat(xs), pipeline.inputs) if xs else None
+    return _DRIFTS[key]
 
 
 def pending(source: Path, learned: set[str]) -> tuple[int, float | None]:

@@ -47,6 +47,8 @@ def _bundle(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, engin
     (folder / "lineage.json").write_text(json.dumps({"learned": list(snapshot.learned),
                                                      "new": [s.sha256 for s in snapshot.new_shards]}, indent=2))
     (folder / "scorecard.json").write_text(json.dumps(to_dict(scorecard), indent=2))
+    if snapshot.profile_file:  # the next cycle measures its new data's drift against this
+        shutil.copy(snapshot.profile_file, folder / "profile.json")
     # The examples this version was judged on, so `plaster gate` can judge it again on them.
     (folder / "holdout").mkdir()
     shutil.copy(snapshot.holdout_new_file, folder / "holdout" / "new.npz")

@@ -7,6 +7,7 @@ latencies, per-example correctness) are saved beside the scorecard for its plots
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -238,4 +239,4 @@ def run(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, engines: 
                            snapshot.champion.version if snapshot.champion else None,
                            model_sizes(cfg, fp32, snapshot.champion.folder if snapshot.champion else None), rate, ctx.say)
     raw.save(ctx.path("validate", "raw.npz"))
-    return scorecard
+    return dataclasses.replace(scorecard, drift=snapshot.drift)
