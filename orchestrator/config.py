@@ -417,34 +417,65 @@ def _slice_errors(raw: dict) -> list[str]:
     return out
 
 
-def _task_errors(config: PipelineConfig) -> list[str]:
+_TASKS = ("classification", "regression", "multilabel")
+_GATE_METRIC_KEYS = ("accuracy_min", "metric_min", "metric_max", "non_inferiority", "superiority")
+
+
+def _valid(cls: type[BaseModel], value) -> BaseModel | None:
+    """`value` as a `cls`, or None where it is invalid: its errors are already reported from
+    the whole file, and the checks that need it are skipped rather than reported twice."""
+    try:
+        return cls.model_validate(value)
+    except ValidationError:
+        return None
+
+
+def _parts(raw: dict) -> tuple[str | None, TargetConfig | None, bool, GateConfig]:
+    """What the cross-checks (_task_errors) read, taken from the raw YAML piece by piece, so a
+    mistake elsewhere in the file does not hide them: (task, data.target, whether data.label is
+    given, the gate's metric rules that are valid on their own)."""
+    task = raw.get("task", "classification")
+    task = task if task in _TASKS else None
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    target = _valid(TargetConfig, data["target"]) if data.get("target") is not None else None
+    gate_raw = raw.get("gate") if isinstance(raw.get("gate"), dict) else {}
+    fields = {}
+    for k in _GATE_METRIC_KEYS:
+        if k in gate_raw:
+            one = _valid(GateConfig, {k: gate_raw[k]})
+            if one is not None:
+                fields[k] = getattr(one, k)
+    return task, target, data.get("label") is not None, GateConfig.model_construct(**fields)
+
+
+def _task_errors(task_name: str, target: TargetConfig | None, has_label: bool, gate: GateConfig) -> list[str]:
     """The target's form and the gate's metrics against the task, every error at once."""
     from orchestrator.tasks import task_for
 
-    task, data, gate = task_for(config.task), config.data, config.gate
+    task = task_for(task_name)
     out = []
-    t = data.target
-    if data.label is not None and config.task != "classification":
-        out.append(f"  - data.label: is for class ids; task {config.task} needs data.target")
+    t = target
+    if has_label and task_name != "classification":
+        out.append(f"  - data.label: is for class ids; task {task_name} needs data.target")
     if t is not None:
         need = {"classification": ("column", "num_classes"), "multilabel": ("column", "num_labels"),
-                "regression": ()}[config.task]
+                "regression": ()}[task_name]
         for k in need:
             if getattr(t, k) is None:
-                out.append(f"  - data.target.{k}: task {config.task} needs it")
+                out.append(f"  - data.target.{k}: task {task_name} needs it")
         extra = {"classification": ("columns", "num_labels"), "multilabel": ("columns", "num_classes"),
-                 "regression": ("num_classes", "num_labels")}[config.task]
+                 "regression": ("num_classes", "num_labels")}[task_name]
         for k in extra:
             if getattr(t, k) is not None:
-                out.append(f"  - data.target.{k}: not used by task {config.task}; remove it")
-        if config.task == "regression" and (t.column is None) == (t.columns is None):
+                out.append(f"  - data.target.{k}: not used by task {task_name}; remove it")
+        if task_name == "regression" and (t.column is None) == (t.columns is None):
             out.append("  - data.target: task regression needs column: (one float target) or columns: [...] "
                        "(several), not both")
     for key, want_higher in (("metric_min", True), ("metric_max", False)):
         for sl, metrics in getattr(gate, key).items():
             for m in metrics:
                 if m not in task.metrics:
-                    out.append(f"  - gate.{key}.{sl}.{m}: task {config.task} measures {', '.join(task.metrics)}")
+                    out.append(f"  - gate.{key}.{sl}.{m}: task {task_name} measures {', '.join(task.metrics)}")
                 elif task.metrics[m] != want_higher:
                     other = "metric_max" if want_higher else "metric_min"
                     out.append(f"  - gate.{key}.{sl}.{m}: {m} is {'lower' if want_higher else 'higher'}-is-better; "
@@ -453,14 +484,14 @@ def _task_errors(config: PipelineConfig) -> list[str]:
     for sl, v in margins.items():
         for m in (v if isinstance(v, dict) else {}):
             if m not in task.metrics:
-                out.append(f"  - gate.non_inferiority.{sl}.{m}: task {config.task} measures {', '.join(task.metrics)}")
+                out.append(f"  - gate.non_inferiority.{sl}.{m}: task {task_name} measures {', '.join(task.metrics)}")
     if isinstance(gate.superiority, dict):
         for sl, ms in gate.superiority.items():
             for m in ms:
                 if m not in task.metrics:
-                    out.append(f"  - gate.superiority.{sl}: {m!r}: task {config.task} measures "
+                    out.append(f"  - gate.superiority.{sl}: {m!r}: task {task_name} measures "
                                f"{', '.join(task.metrics)}")
-    if gate.accuracy_min and config.task != "classification":
+    if gate.accuracy_min and task_name != "classification":
         out.append(f"  - gate.accuracy_min: accuracy is a classification metric; use gate.metric_min or "
                    f"gate.metric_max with {', '.join(task.metrics)}")
     return out
@@ -482,15 +513,21 @@ def _field_errors(err: ValidationError) -> list[str]:
     return out
 
 
-def _unset_variables(config: PipelineConfig) -> list[str]:
+def _unset_variables(raw: dict) -> list[str]:
     """Paths naming an environment variable that is not set, found at load time instead of
-    at the stage that reads them. PLASTER_HOME always expands: the workspace defaults it."""
-    paths = {"data.source": config.data.source, "data.golden": config.data.golden, "storage.uri": config.storage.uri,
-             **{f"data.slices.{k}": v for k, v in config.data.slices.items()}}
+    at the stage that reads them. PLASTER_HOME always expands: the workspace defaults it.
+    Read from the raw YAML, so they are reported beside any other error."""
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    storage = raw.get("storage") if isinstance(raw.get("storage"), dict) else {}
+    slices = data.get("slices") if isinstance(data.get("slices"), dict) else {}
+    paths = {"data.source": data.get("source"), "data.golden": data.get("golden"), "storage.uri": storage.get("uri"),
+             **{f"data.slices.{k}": v for k, v in slices.items()}}
     env = {"PLASTER_HOME", *os.environ}
     out = []
     for key, value in paths.items():
-        names = re.findall(r"\$(?:\{(\w+)\}|(\w+))", value or "")
+        if not isinstance(value, str):
+            continue  # a wrong type is the schema's error
+        names = re.findall(r"\$(?:\{(\w+)\}|(\w+))", value)
         unset = sorted({a or b for a, b in names} - env)
         if unset:
             out.append(f"  - {key}: {value!r} names the environment variable(s) {', '.join(unset)}, which are not set; "
@@ -521,18 +558,49 @@ def load_pipeline(folder: str | Path, check: bool = True) -> Pipeline:
         raise ConfigError(f"{yaml_path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{yaml_path}: the top level must be a mapping of keys (name, data, train, ...)")
+    # Every check runs, whatever another one found: the schema, the slices the gate names, the
+    # task against the target and the gate's metrics, the paths' variables, and model.py.
+    config: PipelineConfig | None = None
     errors = _slice_errors(raw)
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as e:
         errors = _field_errors(e) + errors
-    if not errors:
-        errors = _task_errors(config) + _unset_variables(config)
+    task, target, has_label, gate = _parts(raw)
+    if task is not None:
+        errors += _task_errors(task, target, has_label, gate)
+    errors += _unset_variables(raw)
+    model_file = folder.resolve() / "model.py"
+    if not model_file.is_file():
+        model_error = f"{model_file} not found: define build_model() -> torch.nn.Module there"
+    else:
+        # model.py is checked against the declared inputs and the target, so it needs a valid
+        # data section and task, and a target of the task's form (else the outputs it must have
+        # are unknown). Given those it is checked even when other keys (train, gate, ...) are
+        # wrong; without them its check waits for the YAML to be fixed.
+        model_error = _model_error(folder, raw, config, errors) if check else None
+    if model_error:
+        if not errors:
+            raise ConfigError(model_error)  # model.py alone: its message as it is
+        errors.append("  - " + model_error.replace("\n", "\n    "))
     if errors:
         raise ConfigError(_format(errors, yaml_path))
-    pipeline = Pipeline(folder.resolve(), config)
-    if not pipeline.model_file.is_file():
-        raise ConfigError(f"{pipeline.model_file} not found: define build_model() -> torch.nn.Module there")
-    if check:
-        check_model(pipeline)
-    return pipeline
+    return Pipeline(folder.resolve(), config)
+
+
+def _model_error(folder: Path, raw: dict, config: PipelineConfig | None, errors: list[str]) -> str | None:
+    """check_model's message, or None when model.py passes or cannot be checked yet."""
+    if config is None:
+        data = _valid(DataConfig, raw.get("data"))
+        task = raw.get("task", "classification")
+        if data is None or task not in _TASKS:
+            return None
+        name = raw.get("name") if isinstance(raw.get("name"), str) else folder.name
+        config = PipelineConfig.model_construct(name=name, task=task, data=data)
+    if any(e.startswith(("  - data.target", "  - data.label")) for e in errors):
+        return None  # the target's form is wrong: what the model must output is not known
+    try:
+        check_model(Pipeline(folder.resolve(), config))
+    except ConfigError as e:
+        return str(e)
+    return None

@@ -76,32 +76,37 @@ def _scalar(table, col: str, what: str) -> np.ndarray:
     return c.to_numpy().astype(np.float64)
 
 
-def _list(table, col: str, width: int, shape: list, integer: bool) -> np.ndarray:
-    """A list column of `width` values per row, flattened to (n, width), in its own dtype."""
+def _list(table, col: str, width: int, shape: list, kind: str, what: str) -> np.ndarray:
+    """A list column of `width` values per row, flattened to (n, width), in its own dtype.
+    kind: "ids" (integers), "floats" (floats or integers) or "labels" (0/1 as integers, floats
+    or booleans); `what` says what each value should be, for the messages."""
     import pyarrow as pa
 
     t = table.schema.field(col).type
-    kind = "integers" if integer else "floats"
     if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
-        raise ShardInvalid(f"schema: column '{col}' is {t}, expected a list of {width} {kind}")
+        raise ShardInvalid(f"schema: column '{col}' is {t}, expected a list of {width} {what} per row")
     vt = t.value_type
-    if integer and not pa.types.is_integer(vt):
-        raise ShardInvalid(f"dtype: column '{col}' holds {vt}, expected integer ids (int64)")
-    if not integer and not (pa.types.is_floating(vt) or pa.types.is_integer(vt)):
-        raise ShardInvalid(f"dtype: column '{col}' holds {vt}, expected float32")
+    ok = {"ids": pa.types.is_integer(vt),
+          "floats": pa.types.is_floating(vt) or pa.types.is_integer(vt),
+          "labels": pa.types.is_integer(vt) or pa.types.is_floating(vt) or pa.types.is_boolean(vt)}[kind]
+    if not ok:
+        raise ShardInvalid(f"dtype: column '{col}' holds {vt}, expected {what}")
     c = table.column(col)
     if c.null_count:
         first = int(np.flatnonzero(c.is_null().to_numpy(zero_copy_only=False))[0])
         raise ShardInvalid(f"values: {c.null_count} row(s) of '{col}' are null (first: row {first}); "
-                           f"every row needs {width} values")
+                           f"every row needs {width} {what}")
     chunk = c.combine_chunks()
     lengths = chunk.value_lengths().to_numpy(zero_copy_only=False)
     if np.any(lengths != width):
         bad = int(np.flatnonzero(lengths != width)[0])
-        raise ShardInvalid(f"shape: row {bad} of '{col}' has {lengths[bad]} values, expected {width} (shape {shape})")
+        raise ShardInvalid(f"shape: row {bad} of '{col}' has {lengths[bad]} values, expected {width} {what} "
+                           f"(shape {shape})")
     flat = chunk.flatten()
-    if flat.null_count:
-        raise ShardInvalid(f"values: {flat.null_count} null value(s) inside the lists of '{col}'")
+    if flat.null_count:  # every row holds `width` values here, so value i is in row i // width
+        first = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0]) // width
+        raise ShardInvalid(f"values: {flat.null_count} null value(s) inside the lists of '{col}' (first: row {first}); "
+                           f"every value must be {what}")
     return flat.to_numpy(zero_copy_only=False).reshape(table.num_rows, width)
 
 
@@ -119,7 +124,9 @@ def _read_input(table, spec: InputSpec) -> np.ndarray:
                                f"'{spec.name}' (first in column '{col}')")
         return x
     width = int(np.prod(spec.shape))
-    raw = _list(table, spec.column, width, list(spec.shape), spec.dtype == "int64")
+    what = (f"int64 ids in 0..{spec.vocab_size - 1} (input '{spec.name}')" if spec.dtype == "int64"
+            else f"float32 numbers (input '{spec.name}')")
+    raw = _list(table, spec.column, width, list(spec.shape), "ids" if spec.dtype == "int64" else "floats", what)
     if spec.dtype == "int64":
         lo, hi = int(raw.min()), int(raw.max())
         if lo < 0 or hi >= spec.vocab_size:
@@ -129,8 +136,9 @@ def _read_input(table, spec: InputSpec) -> np.ndarray:
     with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused just below
         x = raw.astype(np.float32).reshape((n, *spec.shape))
     if not np.all(np.isfinite(x)):
+        first = int(np.flatnonzero(~np.isfinite(x).reshape(n, -1).all(axis=1))[0])
         raise ShardInvalid(f"values: {int(np.sum(~np.isfinite(x)))} NaN/inf (or beyond float32 range) value(s) "
-                           f"in '{spec.column}'")
+                           f"in '{spec.column}' (first: row {first}); input '{spec.name}' needs finite float32 numbers")
     return x
 
 
@@ -144,26 +152,34 @@ def _read_target(table, t: TargetSpec) -> np.ndarray:
         if not pa.types.is_integer(ltype):
             raise ShardInvalid(f"dtype: column '{col}' is {ltype}, expected integer class ids")
         y_col = table.column(col)
-        if y_col.null_count:
-            raise ShardInvalid(f"values: {y_col.null_count} missing label(s) in '{col}'")
         k = t.num_classes
+        if y_col.null_count:
+            first = int(np.flatnonzero(y_col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise ShardInvalid(f"values: {y_col.null_count} missing label(s) in '{col}' (first: row {first}); every row "
+                               f"needs a class id in 0..{k - 1}")
         # The range is read before any cast: a uint64 label past int64 would wrap to a negative id.
         lo, hi = (v.as_py() for v in pc.min_max(y_col).values())
         if lo < 0 or hi >= k:
-            raise ShardInvalid(f"labels: values {lo}..{hi} outside 0..{k - 1} (num_classes={k})")
+            raise ShardInvalid(f"labels: '{col}' holds values {lo}..{hi} outside 0..{k - 1} (num_classes={k})")
         return y_col.to_numpy().astype(np.int64)
     if t.task == "regression":
         y = np.stack([_scalar(table, c, "a float target") for c in t.columns], axis=1)
+        with np.errstate(over="ignore"):  # checked after the cast: a float64 beyond float32's range becomes inf
+            y = y.astype(np.float32)
         bad = ~np.isfinite(y)
         if bad.any():
             col = t.columns[int(np.flatnonzero(bad.any(axis=0))[0])]
-            raise ShardInvalid(f"target: {int(bad.sum())} NaN/inf value(s) in '{col}'; a regression target must be "
-                               "a finite number")
-        return y.astype(np.float32)
+            first = int(np.flatnonzero(bad.any(axis=1))[0])
+            raise ShardInvalid(f"target: {int(bad.sum())} NaN/inf (or beyond float32 range) value(s) in '{col}' "
+                               f"(first: row {first}); a regression target must be a finite number")
+        return y
     col = t.columns[0]
-    y = _list(table, col, t.outputs, [t.outputs], integer=True)
+    y = _list(table, col, t.outputs, [t.outputs], "labels", f"0/1 labels (num_labels={t.outputs})")
     if not np.isin(y, (0, 1)).all():
-        raise ShardInvalid(f"labels: '{col}' holds values other than 0 and 1 (found {sorted(set(np.unique(y)) - {0, 1})[:5]})")
+        first = int(np.flatnonzero(~np.isin(y, (0, 1)).all(axis=1))[0])
+        found = sorted({float(v) for v in np.unique(y[~np.isin(y, (0, 1))])})[:5]
+        raise ShardInvalid(f"labels: '{col}' holds values other than 0 and 1 (first: row {first}; found "
+                           f"{', '.join(f'{v:g}' for v in found)}); every row needs {t.outputs} 0/1 labels")
     return y.astype(np.float32)
 
 

@@ -9,7 +9,8 @@ hooks, never the raw module. The contract (also in docs/architecture.md):
   `[N, num_labels]` (multilabel). Preprocessing serving must repeat belongs inside the model,
   so that it is in the ONNX.
 - Optional hooks, each replacing one piece of plaster's loop (defaults: Adam at train.lr; the
-  task's loss; no augmentation; plaster's step):
+  task's loss; no augmentation; plaster's step). A hook is whatever callable model.py binds to
+  the name (a function, an imported one, a partial, a callable object):
 
   - `loss(outputs: Tensor, batch: Batch) -> Tensor`: a scalar to minimise.
   - `build_optimizer(params, settings: TrainSettings) -> Optimizer | (Optimizer, LRScheduler)`:
@@ -139,25 +140,60 @@ def load_hooks(module, path: Path) -> Hooks:
     name is close to a hook's (`los`, `augmnet`) is an error, not silently ignored.
 
     Raises:
-        ConfigError: naming the hook, its expected signature and model.py.
+        ConfigError: naming the hook, its expected signature and model.py; every such error at once.
+    """
+    hooks, errors = _hooks(module, path)
+    if errors:
+        raise ConfigError(_joined(errors, path))
+    return hooks
+
+
+def _hooks(module, path: Path) -> tuple[Hooks, list[str]]:
+    """(the hooks, the errors): see load_hooks.
+
+    A hook is whatever model.py binds to a hook's name: a function defined there, an imported
+    function, a functools.partial or a callable object all count, and each must bind the hook's
+    arguments. Something else under a hook's name (`loss = 0.5`) is an error. Silently ignoring
+    a callable that is not a plain function (as before) trained with the default loss while the
+    user believed theirs ran. Whether a callable object really follows the contract (a torch loss
+    module takes (input, target), not (outputs, batch)) is found by calling it once on a zero
+    batch in check_model.
     """
     found: dict[str, Callable] = {}
+    errors: list[str] = []
     for name, obj in vars(module).items():
-        if name.startswith("_") or not inspect.isfunction(obj) or obj.__module__ != module.__name__:
+        if name.startswith("_"):
             continue
         if name in HOOKS:
+            if not callable(obj) or inspect.ismodule(obj):
+                errors.append(f"{path}: {name} is {type(obj).__name__} ({repr(obj)[:40]}), not a function: define "
+                              f"{_expected(name)}")
+                continue
             try:
-                inspect.signature(obj).bind(*range(_SIGNATURES[name]))
-            except TypeError:
-                raise ConfigError(f"{path}: hook {name}{inspect.signature(obj)} must take {_SIGNATURES[name]} "
-                                  f"positional arguments: {_expected(name)}") from None
+                sig = inspect.signature(obj)
+            except (TypeError, ValueError):  # a builtin without a signature: the zero-batch call finds out
+                sig = None
+            if sig is not None:
+                try:
+                    sig.bind(*range(_SIGNATURES[name]))
+                except TypeError:
+                    what = "hook" if inspect.isfunction(obj) else f"hook ({type(obj).__name__}, called as)"
+                    errors.append(f"{path}: {what} {name}{sig} must take {_SIGNATURES[name]} positional arguments: "
+                                  f"{_expected(name)}")
+                    continue
             found[name] = obj
-        elif name not in _NOT_HOOKS:
+        elif name not in _NOT_HOOKS and inspect.isfunction(obj) and obj.__module__ == module.__name__:
             near = difflib.get_close_matches(name, (*HOOKS, "build_model"), n=1, cutoff=0.75)
             if near:
-                raise ConfigError(f"{path}: {name}() is not a hook plaster knows; did you mean {near[0]}()? "
-                                  f"Hooks: {', '.join(HOOKS)} (rename a helper with a leading '_' to keep it)")
-    return Hooks(**found)
+                errors.append(f"{path}: {name}() is not a hook plaster knows; did you mean {near[0]}()? "
+                              f"Hooks: {', '.join(HOOKS)} (rename a helper with a leading '_' to keep it)")
+    return Hooks(**found), errors
+
+
+def _joined(errors: list[str], path: Path) -> str:
+    if len(errors) == 1:
+        return errors[0]
+    return "\n".join([f"{path}: {len(errors)} errors; fix each:", *(f"  - {e}" for e in errors)])
 
 
 def _expected(name: str) -> str:
@@ -173,11 +209,13 @@ _CHECKED: dict[tuple, Hooks] = {}  # model files whose contract already held, by
 def check_model(pipeline: "Pipeline") -> Hooks:
     """The door, checked at load time: model.py imports, `build_model()` takes no arguments and
     returns a torch.nn.Module that maps a zero batch of the declared inputs to the output the
-    task needs, and the hooks it defines have the right signatures. Without this a wrong model
-    fails minutes later, inside training, with an IndexError or an AttributeError.
+    task needs, and the hooks it defines have the right signatures and, called once on that zero
+    batch, return what the loop expects (loss, build_optimizer, augment). Without this a wrong
+    model fails minutes later, inside training, with an IndexError or an AttributeError.
 
     Raises:
-        ConfigError: naming model.py, build_model(), the hook or the pipeline.yaml key to fix.
+        ConfigError: naming model.py, build_model(), the hook or the pipeline.yaml key to fix;
+            every hook error together with the first error of build_model().
     """
     from orchestrator.config import load_module
 
@@ -195,7 +233,21 @@ def check_model(pipeline: "Pipeline") -> Hooks:
         raise
     except (Exception, SystemExit) as e:  # ImportError, NameError, sys.exit(): the user's file, reported as such
         raise ConfigError(f"{path} failed to import: {type(e).__name__}: {e}; fix model.py") from None
-    hooks = load_hooks(module, path)
+    hooks, errors = _hooks(module, path)
+    try:
+        out, model, batch = _check_build(module, path, pipeline)
+    except ConfigError as e:
+        raise ConfigError(_joined([*errors, str(e)], path)) from None
+    errors += _probe_hooks(hooks, model, batch, out, pipeline, path)
+    if errors:
+        raise ConfigError(_joined(errors, path))
+    _CHECKED[key] = hooks
+    return hooks
+
+
+def _check_build(module, path: Path, pipeline: "Pipeline"):
+    """(outputs on a zero batch of 2, the model, that batch), or the first ConfigError of build_model."""
+    inputs, target = pipeline.inputs, pipeline.target
     build = getattr(module, "build_model", None)
     if not callable(build):
         raise ConfigError(f"{path} defines no build_model(): add `def build_model() -> torch.nn.Module`")
@@ -233,12 +285,67 @@ def check_model(pipeline: "Pipeline") -> Hooks:
                           f"({_what(target)})")
     if tuple(out.shape) != (2, target.outputs) or not out.is_floating_point():
         raise ConfigError(f"the model from build_model() in {path} outputs {out.dtype} shaped {list(out.shape)} for a "
-                          f"batch of 2; task {target.task} with {_key(pipeline, target)}={target.outputs} "
+                          f"batch of 2; task {target.task} with {_declared(pipeline, target)} "
                           f"({_what(target)}) needs float outputs shaped "
-                          f"[2, {target.outputs}]: make its last layer output {target.outputs} values, or fix "
+                          f"[2, {target.outputs}]: make its last layer output {target.outputs} "
+                          f"value{'s' if target.outputs != 1 else ''}, or fix "
                           f"{_key(pipeline, target)}")
-    _CHECKED[key] = hooks
-    return hooks
+    return out, model, batch
+
+
+_TORCH_LOSS = {"classification": "F.cross_entropy", "regression": "F.mse_loss",
+               "multilabel": "F.binary_cross_entropy_with_logits"}
+
+
+def _probe_hooks(hooks: Hooks, model, batch: dict, out, pipeline: "Pipeline", path: Path) -> list[str]:
+    """Call loss, build_optimizer and augment once, on the zero batch the model was checked
+    with (and a zero target of the task's form), and check what each returns. Signatures alone
+    let through a torch loss (`loss = nn.CrossEntropyLoss()`, or F.cross_entropy imported as
+    loss): two arguments, but (input, target) where the hook gets (outputs, batch), which
+    would fail only inside training. train_step is not called: it steps an optimizer."""
+    import torch
+
+    target, train = pipeline.target, pipeline.config.train
+    zero = torch.zeros(2, dtype=torch.int64) if target.task == "classification" else torch.zeros(2, target.outputs)
+    errors = []
+
+    def hook(name: str) -> str:
+        obj = getattr(hooks, name)
+        return name if inspect.isfunction(obj) else f"{name} (a {type(obj).__name__} object)"
+
+    def call(name: str, *args):
+        try:
+            return True, getattr(hooks, name)(*args)
+        except Exception as e:
+            return False, f"{type(e).__name__}: {str(e)[:160]}"
+
+    if hooks.loss is not None:
+        ok, value = call("loss", out, Batch(inputs=dict(batch), target=zero))
+        shown = value if not ok else f"{type(value).__name__} {getattr(value, 'shape', '')}".strip()
+        if not ok or not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()):
+            fix = ("it gets the model's outputs and batch = Batch(inputs={name: Tensor}, target=Tensor), not the "
+                   f"target itself: wrap a torch loss, e.g. def loss(outputs, batch): return "
+                   f"{_TORCH_LOSS[target.task]}(outputs, batch.target)") if not ok else \
+                "reduce it over the batch (e.g. .mean())"
+            errors.append(f"{path}: hook {hook('loss')}, called as loss(outputs, batch) on a zero batch of the declared "
+                          f"inputs, {'raised' if not ok else 'returned'} {shown}; it must return a scalar float tensor: "
+                          f"{fix}")
+    if hooks.build_optimizer is not None:
+        settings = TrainSettings(lr=train.lr, epochs=train.epochs, steps_per_epoch=1, batch_size=train.batch_size)
+        ok, made = call("build_optimizer", model.parameters(), settings)
+        opt, sched = (made if isinstance(made, tuple) and len(made) == 2 else (made, None)) if ok else (None, None)
+        if not ok or not isinstance(opt, torch.optim.Optimizer) or (sched is not None and not hasattr(sched, "step")):
+            got = made if not ok else f"returned {type(made).__name__}"
+            errors.append(f"{path}: hook {hook('build_optimizer')}, called as build_optimizer(params, settings), "
+                          f"{'raised ' if not ok else ''}{got}; it must return a torch.optim.Optimizer or "
+                          "(optimizer, lr_scheduler), e.g. torch.optim.AdamW(params, lr=settings.lr)")
+    if hooks.augment is not None:
+        ok, res = call("augment", Batch(inputs=dict(batch), target=zero), torch.Generator().manual_seed(0))
+        if not ok or not (isinstance(getattr(res, "inputs", None), dict) and hasattr(res, "target")):
+            got = f"raised {res}" if not ok else f"returned {type(res).__name__}"
+            errors.append(f"{path}: hook {hook('augment')}, called as augment(batch, generator) on a zero batch, {got}; "
+                          "it must return a Batch (inputs by name, target), e.g. Batch(inputs={...}, target=batch.target)")
+    return errors
 
 
 def _what(t: TargetSpec) -> str:
@@ -252,5 +359,14 @@ def _what(t: TargetSpec) -> str:
 def _key(pipeline, t: TargetSpec) -> str:
     if pipeline.config.data.label is not None:
         return "data.label.num_classes"
-    return {"classification": "data.target.num_classes", "multilabel": "data.target.num_labels"}.get(
-        t.task, "data.target.columns")
+    if t.task == "regression":
+        return "data.target.columns" if pipeline.config.data.target.columns else "data.target.column"
+    return {"classification": "data.target.num_classes", "multilabel": "data.target.num_labels"}[t.task]
+
+
+def _declared(pipeline, t: TargetSpec) -> str:
+    """The key that sets the model's outputs, with its value as pipeline.yaml has it."""
+    if t.task == "regression":
+        cols = list(t.columns)
+        return f"{_key(pipeline, t)}={cols if len(cols) > 1 or pipeline.config.data.target.columns else cols[0]!r}"
+    return f"{_key(pipeline, t)}={t.outputs}"

@@ -56,8 +56,22 @@ class BadInput(Exception):
         self.status = status  # the HTTP status the client gets
 
 
+class _NotJSONNumber(ValueError):
+    pass
+
+
 def _no_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
+    raise _NotJSONNumber(name)
+
+
+# What a client sent, in JSON's words rather than Python's (a str is a JSON string).
+_JSON_KINDS = {"NoneType": "null", "str": "strings", "bool": "booleans", "dict": "objects", "float": "floats",
+               "int": "integers"}
+
+
+def _json_kind(value) -> str:
+    name = type(value).__name__
+    return _JSON_KINDS.get(name, name)
 
 
 def _want(spec: dict, max_batch: int) -> str:
@@ -71,7 +85,8 @@ def _parse_one(value, spec: dict, max_batch: int, where: str) -> np.ndarray:
     """One input's JSON value as a batch (N, *shape) of its dtype, or BadInput naming `where`."""
     shape, want = tuple(spec["shape"]), _want(spec, max_batch)
     if not isinstance(value, list):
-        raise BadInput(422, f'{where} must be a list of {want}')
+        got = "null" if value is None else f"{_json_kind(value)} {json.dumps(value)[:40]}"
+        raise BadInput(422, f'{where} must be a list of {want}; got {got}')
     if not value:
         raise BadInput(422, f'{where} is an empty batch: send {want}')
     ragged = f'{where} is a ragged nested list: every example must have shape {list(shape)}'
@@ -85,12 +100,16 @@ def _parse_one(value, spec: dict, max_batch: int, where: str) -> np.ndarray:
         raise BadInput(422, f'{where} is nested deeper than {len(shape) + 1} lists; expected {want}')
     # bool is not a number here, though Python counts it as an int: compare exact types.
     allowed = {"int"} if spec["dtype"] == "int64" else {"int", "float"}
-    kinds = {type(v).__name__ for v in cells.flat} - allowed
-    if "list" in kinds:
+    kinds = [type(v).__name__ for v in cells.flat]
+    wrong = sorted(set(kinds) - allowed)
+    if "list" in wrong:
         raise BadInput(422, ragged)
-    if kinds:
+    if wrong:
+        first = next(k for k, name in enumerate(kinds) if name not in allowed)
+        at = "".join(f"[{int(i)}]" for i in np.unravel_index(first, cells.shape))  # value is a list: ndim >= 1
+        shown = "" if cells.flat[first] is None else f": {json.dumps(cells.flat[first])[:40]}"
         raise BadInput(422, f'{where} must hold only {"integer ids" if allowed == {"int"} else "numbers"}, found '
-                            f'{", ".join(sorted(kinds))}: send {want}')
+                            f'{", ".join(_JSON_KINDS.get(k, k) for k in wrong)} (first at {at}{shown}): send {want}')
     if cells.shape != shape and cells.shape != (len(value), *shape):
         raise BadInput(422, f'{where} has shape {list(cells.shape)}; expected {want}')
     if spec["dtype"] == "int64":
@@ -128,7 +147,10 @@ def parse_inputs(body: bytes, inputs: list[dict], max_batch: int) -> dict[str, n
         want = '{"inputs": {' + ", ".join(f'"{n}": ...' for n in names) + "}}"
     try:
         doc = json.loads(body, parse_constant=_no_constant)
-    except (ValueError, RecursionError):  # also bad UTF-8, NaN/Infinity, absurd nesting
+    except _NotJSONNumber as e:  # Python's json.dumps writes these by default; JSON has no such numbers
+        raise BadInput(400, f"the body holds {e}, which is not JSON (JSON has no NaN or Infinity): send finite "
+                            f"numbers as {want}") from None
+    except (ValueError, RecursionError):  # also bad UTF-8, absurd nesting
         raise BadInput(400, f"the body is not JSON: send {want} with Content-Type: application/json") from None
     if not isinstance(doc, dict) or "inputs" not in doc:
         raise BadInput(422, f"the body must be a JSON object {want}")
@@ -136,9 +158,12 @@ def parse_inputs(body: bytes, inputs: list[dict], max_batch: int) -> dict[str, n
     if isinstance(given, dict):
         missing, unknown = [n for n in names if n not in given], sorted(set(given) - set(names))
         if missing or unknown:
+            specs = {i["name"]: i for i in inputs}
             raise BadInput(422, f'"inputs" must name {", ".join(names)}'
-                                + (f"; missing {', '.join(missing)}" if missing else "")
-                                + (f"; unknown {', '.join(unknown)}" if unknown else "") + f": send {want}")
+                                + "".join(f'; missing "{n}"' + (f" ({_want(specs[n], max_batch)})" if len(names) > 1 else "")
+                                          for n in missing)
+                                + (f"; unknown {', '.join(json.dumps(n) for n in unknown)} (this model takes no such "
+                                   "input)" if unknown else "") + f": send {want}")
     elif len(inputs) == 1:
         given = {names[0]: given}
     else:

@@ -123,3 +123,40 @@ def test_an_unset_environment_variable_in_a_path_is_a_load_time_error(digits, mo
     (digits / "pipeline.yaml").write_text(text)
     with pytest.raises(ConfigError, match="data.source: .*PLASTER_FAULT_NOPE, which are not set"):
         load_pipeline(digits)
+
+
+def test_every_kind_of_error_is_reported_together_schema_slices_task_paths_and_model(digits, monkeypatch):
+    """The task, path and model checks used to wait for the schema to pass (and the model for
+    all of pipeline.yaml): fixing one error only revealed the next."""
+    monkeypatch.delenv("PLASTER_FAULT_NOPE", raising=False)
+    (digits / "model.py").write_text(GOOD_MODEL.format(k=5) + "\ndef los(outputs, batch):\n    return 0\n")
+    msg = config_errors(digits, epochs=("epochs: 30", "epochs: -1"),
+                        slice=("accuracy_min: {golden: 0.85, new: 0.70}",
+                               "accuracy_min: {golde: 0.85}\n  metric_max: {golden: {accuracy: 0.99}}"),
+                        path=("${PLASTER_HOME}/data/digits/golden.parquet", "${PLASTER_FAULT_NOPE}/golden.parquet"))
+    assert "5 error(s)" in msg, msg
+    assert "train.epochs" in msg
+    assert "gate.accuracy_min: unknown slice 'golde'" in msg
+    assert "gate.metric_max.golden.accuracy: accuracy is higher-is-better" in msg
+    assert "data.golden" in msg and "PLASTER_FAULT_NOPE" in msg
+    assert "los() is not a hook" in msg and "shaped [2, 5]" in msg and "label.num_classes=10" in msg
+
+
+def test_the_model_is_checked_only_once_the_keys_it_depends_on_are_valid(digits):
+    """model.py is checked against data.* and the task: with those wrong, what it must output is
+    unknown, so only the YAML's errors are reported."""
+    (digits / "model.py").write_text(GOOD_MODEL.format(k=5))
+    msg = config_errors(digits, classes=("num_classes: 10", "num_classes: 1"))
+    assert "data.label.num_classes" in msg and "1 error(s)" in msg and "shaped" not in msg
+    text = (digits / "pipeline.yaml").read_text().replace("num_classes: 1", "num_classes: 10")
+    (digits / "pipeline.yaml").write_text(text.replace("epochs: 30", "epochs: 0"))
+    msg = str(pytest.raises(ConfigError, load_pipeline, digits).value)
+    assert "2 error(s)" in msg and "train.epochs" in msg and "shaped [2, 5]" in msg
+
+
+def test_a_task_check_runs_beside_a_schema_error_in_another_section(digits):
+    msg = config_errors(digits, task=("name: digits", "name: digits\ntask: regression"),
+                        lr=("lr: 0.002", "lr: -1"))
+    assert "train.lr" in msg
+    assert "data.label: is for class ids; task regression needs data.target" in msg
+    assert "gate.accuracy_min: accuracy is a classification metric" in msg

@@ -141,3 +141,73 @@ def test_throughput_is_the_best_batch_within_the_sla():
     assert pts[64].within_sla is False and pts[8].within_sla
     best = latency.best_within_sla(out["e"])
     assert best.batch == 8
+
+
+# --- a regression gate: MAE is lower-is-better -------------------------------------------------
+
+
+def mae_score(golden: float, new: float | None = None):
+    import dataclasses
+
+    figs = {"golden": Figure(golden), "new": Figure(golden if new is None else new)}
+    return dataclasses.replace(score(), accuracy=figs, metric="mae", metrics={"mae": figs})
+
+
+def mae_comparison(d: float, lo: float, hi: float, slice_name: str = "golden"):
+    diff = AccuracyDiff(slice_name, 500, 50.0 + d, 50.0, d, (lo, hi), metric="mae", higher_is_better=False)
+    return Comparison((diff,), ())
+
+
+def test_regression_metric_max_bounds_the_candidates_mae_from_above():
+    from orchestrator.tasks import TASKS
+
+    gate = GateConfig(metric_max={"golden": {"mae": 55.0}}, non_inferiority={}, latency_ratio_max=None)
+    v = by_rule(evaluate(mae_score(50.0), None, None, gate, TASKS["regression"]))
+    assert v["metric_max.golden.mae"].verdict == PASS and "mae on golden 50.0000 <= 55.0" in v["metric_max.golden.mae"].reason
+    assert "accuracy_min.golden" not in v, "no accuracy default for regression"
+    v = by_rule(evaluate(mae_score(60.0), None, None, gate, TASKS["regression"]))
+    assert v["metric_max.golden.mae"].verdict == FAIL and "60.0000 > 55.0" in v["metric_max.golden.mae"].reason
+    assert decide(list(v.values()), "auto") == REJECT
+
+
+def test_regression_non_inferiority_reads_the_upper_bound_of_the_mae_difference():
+    """candidate − champion MAE: positive is worse. A candidate whose interval reaches beyond
+    the margin is rejected, even with a point estimate inside it; a better one passes."""
+    from orchestrator.tasks import TASKS
+
+    task = TASKS["regression"]
+    for margin in ({"golden": {"mae": 4.0}}, {"golden": 4.0}):  # a bare margin is in the task's main metric, mae
+        gate = GateConfig(non_inferiority=margin, latency_ratio_max=None)
+        rule = "non_inferiority.golden.mae" if isinstance(margin["golden"], dict) else "non_inferiority.golden"
+
+        def verdict(d, lo, hi, gate=gate, rule=rule):
+            v = by_rule(evaluate(mae_score(50.0 + d), mae_score(50.0), mae_comparison(d, lo, hi), gate, task))
+            return v[rule]
+
+        worse = verdict(6.0, 3.0, 9.0)
+        assert worse.verdict == FAIL and "upper bound <= +4" in worse.reason and "[+3, +9]" in worse.reason
+        assert verdict(2.0, 0.5, 5.0).verdict == FAIL, "the point is within the margin, the interval is not"
+        assert verdict(2.0, 0.5, 3.5).verdict == PASS
+        assert verdict(-3.0, -5.0, -1.0).verdict == PASS, "a better (lower) MAE passes"
+    sup = GateConfig(non_inferiority={}, superiority={"golden": ("mae",)}, latency_ratio_max=None)
+    better = by_rule(evaluate(mae_score(47.0), mae_score(50.0), mae_comparison(-3.0, -5.0, -1.0), sup, task))
+    assert better["superiority.golden.mae"].verdict == PASS
+    noise = by_rule(evaluate(mae_score(49.0), mae_score(50.0), mae_comparison(-1.0, -3.0, 0.5), sup, task))
+    assert noise["superiority.golden.mae"].verdict == FAIL
+
+
+def test_regression_gate_direction_end_to_end_with_the_paired_bootstrap():
+    """The task's own paired statistics feed the gate: larger errors are rejected, smaller pass."""
+    from orchestrator.tasks import TASKS
+
+    task = TASKS["regression"]
+    rng = np.random.default_rng(0)
+    y = rng.normal(150.0, 50.0, size=(400, 1))
+    champion = task.per_example(y + rng.normal(0, 40.0, size=y.shape), y)
+    gate = GateConfig(non_inferiority={"golden": {"mae": 4.0}}, latency_ratio_max=None)
+    for noise, want in ((60.0, FAIL), (20.0, PASS)):
+        cand = task.per_example(y + rng.normal(0, noise, size=y.shape), y)
+        d = task.paired("mae", cand, champion, 0.95, "golden")
+        assert (d.diff > 0) == (noise > 40.0) and d.higher_is_better is False
+        v = by_rule(evaluate(mae_score(d.candidate), mae_score(d.champion), Comparison((d,), ()), gate, task))
+        assert v["non_inferiority.golden.mae"].verdict == want, v["non_inferiority.golden.mae"].reason
