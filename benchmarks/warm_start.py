@@ -70,10 +70,10 @@ def accuracy(model, x, y) -> float:
 
 def curve(pipeline, init: str | None, seed: int, epochs: int, lr: float, train, slices) -> list[dict]:
     """[{epoch, train_s, new, golden}] from epoch 0 (before any step) to `epochs`."""
-    import numpy as np
     import torch
 
     from orchestrator.stages.train import Loop, recipe_for
+    from orchestrator.stream import InMemory
 
     cfg = pipeline.config.train
     torch.manual_seed(seed)
@@ -86,9 +86,8 @@ def curve(pipeline, init: str | None, seed: int, epochs: int, lr: float, train, 
     points = [{"epoch": 0, "train_s": 0.0, **{s: accuracy(model, *xy) for s, xy in slices.items()}}]
     spent = 0.0
     for epoch in range(epochs):
-        order = np.random.default_rng(seed + epoch).permutation(len(y))
         t0 = time.perf_counter()
-        loop.epoch(x, y, order)
+        loop.epoch(InMemory(x, y).batches(epoch, 0, 1, cfg.batch_size, seed))
         spent += time.perf_counter() - t0
         points.append({"epoch": epoch + 1, "train_s": spent, **{s: accuracy(model, *xy) for s, xy in slices.items()}})
     return points

@@ -93,6 +93,9 @@ class Snapshot:
     profile_file: str | None = None
     # The new rows against the champion's training data (drift.measure), before training.
     drift: dict[str, Any] | None = None
+    # Set when the new data is too large to hold (stream.py): the files Ray Data streams to
+    # training. train_file then holds a capped sample of the training rows, not all of them.
+    train_manifest: dict[str, Any] | None = None
 
     @property
     def oldest_arrival(self) -> float | None:

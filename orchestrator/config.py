@@ -111,6 +111,14 @@ class IngestConfig(_Strict):
     replay_fraction: float = Field(0.5, ge=0, description="older rows replayed into training, as a fraction of the "
                                                           "new training rows")
     seed: int = Field(0, description="of the holdout split and the replay draw")
+    stream_above_rows: int | None = Field(
+        1_000_000, ge=1, description="more new rows than this: training streams the shards through Ray Data instead of "
+                                     "holding them in memory (null: never by rows)")
+    stream_above_bytes: int | None = Field(
+        256 * 2**20, ge=1, description="more bytes of new Parquet than this: stream too (null: never by size)")
+    holdout_max_rows: int = Field(
+        50_000, ge=100, description="when streaming: the holdout, the validation split and the training sample kept "
+                                    "in memory are each capped near this many rows, whatever the data's size")
 
 
 class TrainConfig(_Strict):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator import drift
+from orchestrator import drift, stream
 from orchestrator.artifacts import QuarantinedShard, Shard, Snapshot, sha256_file
 from orchestrator.context import StageContext
 from orchestrator.dataset import ShardInvalid, concat, read_row_groups, read_shard, save_arrays, take
@@ -95,6 +95,7 @@ def run(ctx: StageContext) -> Snapshot:
     new: list[Shard] = []
     quarantined: list[QuarantinedShard] = []
     old_paths: list[Path] = []
+    fresh: list[tuple[Path, str]] = []
     xs, ys = [], []
     found = sorted(source.glob("*.parquet"))
     for path in found:
@@ -116,6 +117,13 @@ def run(ctx: StageContext) -> Snapshot:
         if sha in learned:
             old_paths.append(path)
             continue
+        fresh.append((path, sha))
+
+    # Large new data streams: only the capped holdout, validation and sample bands stay in memory.
+    streaming = stream.should_stream(cfg, *_footprint([p for p, _ in fresh]))
+    widths = stream.split_bands(cfg, _footprint([p for p, _ in fresh])[0]) if streaming else None
+    bands: list[np.ndarray] = []
+    for path, sha in fresh:
         try:
             x, y = read_shard(path, inputs, target)
         except ShardInvalid as e:
@@ -128,6 +136,11 @@ def run(ctx: StageContext) -> Snapshot:
             ctx.say(f"quarantined {path.name}: {why}")
             continue
         new.append(Shard(path.name, str(path), sha, len(y), path.stat().st_mtime))
+        if streaming:
+            b = stream.bands(x, y)
+            kept = b < sum(widths)
+            x, y = take(x, kept), y[kept]
+            bands.append(b[kept])
         xs.append(x)
         ys.append(y)
 
@@ -146,6 +159,9 @@ def run(ctx: StageContext) -> Snapshot:
     moved = drift.measure(reference, x_new, inputs) if reference else None
     if moved and moved["worst"]:
         ctx.say(f"drift vs the champion's training data: {moved['metric']} {moved['score']:.3f} on {moved['worst']}")
+    common.update(learned=tuple(sorted(learned | {s.sha256 for s in new})), drift=_compact(moved))
+    if streaming:
+        return _streamed(ctx, common, x_new, y_new, np.concatenate(bands), widths, rows, old_paths, rng)
     order = rng.permutation(len(y_new))
     n_hold = max(1, int(round(len(y_new) * cfg.ingest.holdout_fraction)))
     hold, train = order[:n_hold], order[n_hold:]
@@ -173,6 +189,23 @@ def run(ctx: StageContext) -> Snapshot:
     profile_file = ctx.path("snapshot", "profile.json")
     profile_file.write_text(json.dumps(drift.profile(x_train, inputs)))
     save_arrays(ctx.path("snapshot", "holdout_new.npz"), take(x_new, hold), y_new[hold])
+    return Snapshot(
+        **common,
+        **_slices(ctx),
+        replay_rows=replay_rows,
+        train_file=str(ctx.path("snapshot", "train.npz")),
+        holdout_new_file=str(ctx.path("snapshot", "holdout_new.npz")),
+        train_rows=len(y_train),
+        holdout_new_rows=n_hold,
+        validation_file=val_file,
+        replay_from=replay_from,
+        profile_file=str(profile_file),
+    )
+
+
+def _slices(ctx: StageContext) -> dict:
+    """The fixed holdout slices (golden, data.slices), read whole: they are small by design."""
+    inputs, target = ctx.pipeline.inputs, ctx.pipeline.target
     slices: dict[str, str] = {}
     golden_rows = 0
     for name, path in ctx.pipeline.slice_files.items():
@@ -184,22 +217,68 @@ def run(ctx: StageContext) -> Snapshot:
         slices[name] = str(ctx.path("snapshot", f"{name}.npz"))
         save_arrays(Path(slices[name]), sx, sy)
         golden_rows = len(sy) if name == "golden" else golden_rows
+    return {"slices": slices, "golden_file": slices.get("golden"), "golden_rows": golden_rows}
 
+
+def _footprint(paths: list[Path]) -> tuple[int, int]:
+    """(rows, bytes) of shards from their footers and sizes: nothing but the footers is read."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for p in paths:
+        try:
+            rows += pq.read_metadata(p).num_rows
+        except Exception:
+            pass  # unreadable: quarantined when it is read
+    return rows, sum(p.stat().st_size for p in paths)
+
+
+def _streamed(ctx: StageContext, common: dict, x, y, b, widths, new_rows: int, old_paths: list[Path],
+              rng: np.random.Generator) -> Snapshot:
+    """A snapshot whose training rows stay in their files (stream.py): the holdout and
+    validation bands and a training sample (for INT8 calibration and the profile) are saved;
+    replay draws whole learned shards, chosen by their footers' row counts, until the wanted
+    rows are covered, and reads none of them here."""
+    cfg, inputs = ctx.pipeline.config, ctx.pipeline.inputs
+    hold, val, _ = widths
+    in_hold, in_val = b < hold, (b >= hold) & (b < hold + val)
+    in_sample = b >= hold + val
+    save_arrays(ctx.path("snapshot", "holdout_new.npz"), take(x, in_hold), y[in_hold])
+    val_file = None
+    if val:
+        val_file = str(ctx.path("snapshot", "validation.npz"))
+        save_arrays(Path(val_file), take(x, in_val), y[in_val])
+    save_arrays(ctx.path("snapshot", "train.npz"), take(x, in_sample), y[in_sample])  # a sample: see Snapshot
+    profile_file = ctx.path("snapshot", "profile.json")
+    profile_file.write_text(json.dumps(drift.profile(take(x, in_sample), inputs)))
+
+    new_train = int(round(new_rows * (1 - hold - val)))
+    want = int(new_train * cfg.ingest.replay_fraction)
+    replay: list[Path] = []
+    replay_rows = 0
+    if want and old_paths:
+        sizes = np.array([_footprint([p])[0] for p in old_paths], dtype=np.float64)
+        order = rng.choice(len(old_paths), size=len(old_paths), replace=False, p=sizes / sizes.sum())
+        covered = np.cumsum(sizes[order])
+        chosen = order[: int(np.searchsorted(covered, want)) + 1]
+        replay = [old_paths[i] for i in sorted(chosen)]
+        replay_rows = int(sizes[chosen].sum())
+    plan = stream.manifest([s.path for s in common["new_shards"]], [str(p) for p in replay], hold, val,
+                           new_train + replay_rows)
+    ctx.say(f"streaming {plan['train_rows']:,} training rows from {len(plan['new']) + len(replay)} shard(s) through "
+            f"Ray Data (new data above ingest.stream_above_rows/bytes); holdout {int(in_hold.sum()):,} rows kept")
     return Snapshot(
         **common,
+        **_slices(ctx),
         replay_rows=replay_rows,
         train_file=str(ctx.path("snapshot", "train.npz")),
         holdout_new_file=str(ctx.path("snapshot", "holdout_new.npz")),
-        golden_file=slices.get("golden"),
-        slices=slices,
-        train_rows=len(y_train),
-        holdout_new_rows=n_hold,
-        golden_rows=golden_rows,
-        learned=tuple(sorted(learned | {s.sha256 for s in new})),
+        train_rows=plan["train_rows"],
+        holdout_new_rows=int(in_hold.sum()),
         validation_file=val_file,
-        replay_from=replay_from,
+        replay_from=tuple(p.name for p in replay),
         profile_file=str(profile_file),
-        drift=_compact(moved),
+        train_manifest=plan,
     )
 
 

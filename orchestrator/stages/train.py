@@ -29,6 +29,7 @@ from orchestrator.artifacts import Checkpoint, Snapshot, sha256_file
 from orchestrator.context import StageContext
 from orchestrator.door import Batch, Hooks, TrainSettings, forward, load_hooks
 from orchestrator.errors import TrainingError
+from orchestrator.stream import InMemory, Streamed
 
 
 def _crash_on_cue(rank: int, epoch: int, resumed: bool) -> None:
@@ -103,11 +104,11 @@ class Loop:
             return self.hooks.loss(outputs, batch)
         return self.task.loss(outputs.float(), batch.target)
 
-    def batch(self, x, y, idx) -> Batch:
+    def batch(self, x, y) -> Batch:
         import torch
 
-        return Batch(inputs={k: torch.from_numpy(v[idx]).to(self.device) for k, v in x.items()},
-                     target=torch.from_numpy(y[idx]).to(self.device))
+        return Batch(inputs={k: torch.from_numpy(v).to(self.device) for k, v in x.items()},
+                     target=torch.from_numpy(y).to(self.device))
 
     def step(self, batch: Batch) -> dict:
         import contextlib
@@ -141,20 +142,20 @@ class Loop:
             self.sched.step()
         return out
 
-    def epoch(self, x, y, indices):
-        """One pass over `indices`: sums of (loss*n, n, the task's per-example statistics), float64."""
+    def epoch(self, batches):
+        """One pass over `batches` of (inputs by name, targets) numpy arrays: sums of (loss*n,
+        n, the task's per-example statistics), float64."""
         import torch
 
         self.model.train()
         sums = None
-        for begin in range(0, len(indices), self.recipe.batch_size):
-            idx = indices[begin:begin + self.recipe.batch_size]
-            b = self.batch(x, y, idx)
+        for xb, yb in batches:
+            b = self.batch(xb, yb)
             out = self.step(b)
             loss = float(out["loss"].detach() if hasattr(out["loss"], "detach") else out["loss"])
-            part = [loss * len(idx), len(idx)]
+            part = [loss * len(yb), len(yb)]
             if out.get("outputs") is not None:
-                part += list(self.task.per_example(out["outputs"].detach().float().cpu().numpy(), y[idx]).sum(0))
+                part += list(self.task.per_example(out["outputs"].detach().float().cpu().numpy(), yb).sum(0))
             row = torch.tensor(part, dtype=torch.float64)
             sums = row if sums is None else sums + (row if len(row) == len(sums) else torch.nn.functional.pad(
                 row, (0, len(sums) - len(row))))
@@ -168,7 +169,7 @@ class Loop:
         total, n = 0.0, 0
         with torch.no_grad():
             for begin in range(0, len(y), 256):
-                b = self.batch(x, y, slice(begin, begin + 256))
+                b = self.batch({k: v[begin:begin + 256] for k, v in x.items()}, y[begin:begin + 256])
                 total += float(self.loss(forward(self.model, b.inputs), b)) * len(b.target)
                 n += len(b.target)
         return total / max(n, 1)
@@ -215,22 +216,19 @@ class Loop:
         return state["epoch"] + 1, state["restarts"] + 1
 
 
-def fit(loop: Loop, x, y, val, *, rank: int, world: int, start: int, checkpoint: Callable[[int, bool], None],
+def fit(loop: Loop, data, val, *, rank: int, world: int, start: int, checkpoint: Callable[[int, bool], None],
         before_epoch: Callable[[int], None] = lambda e: None) -> int:
-    """Train from epoch `start`: the same permutation on every rank, then a disjoint equal
-    slice per rank, so DDP's collectives stay in step. `checkpoint(epoch, last)` is called
-    every train.checkpoint_every epochs and at the end, on every rank (Ray Train V2 needs
-    all ranks to report together). Returns the last epoch trained."""
-    import numpy as np
+    """Train from epoch `start` on `data` (stream.InMemory or stream.Streamed: both give every
+    rank an equal share, so DDP's collectives stay in step). `checkpoint(epoch, last)` is
+    called every train.checkpoint_every epochs and at the end, on every rank (Ray Train V2
+    needs all ranks to report together). Returns the last epoch trained."""
     import torch.distributed as dist
 
     r = loop.recipe
-    per_rank = len(y) // world
     epoch = start - 1
     for epoch in range(start, r.epochs):
         before_epoch(epoch)
-        order = np.random.default_rng(r.seed + epoch).permutation(len(y))
-        sums = loop.epoch(x, y, order[rank * per_rank:(rank + 1) * per_rank])
+        sums = loop.epoch(data.batches(epoch, rank, world, r.batch_size, r.seed))
         val_loss = None
         if world > 1:
             dist.all_reduce(sums)
@@ -278,17 +276,22 @@ def train_loop(config: dict[str, Any]) -> None:
         module = load_module(path)
         model, hooks = module.build_model(), load_hooks(module, path)
     torch.manual_seed(config["seed"])
-    x, y, val = ray.get(config["data"])
-    x = {k: v.copy() for k, v in x.items()}  # object-store arrays are read-only
-    y = y.copy()
     recipe: Recipe = config["recipe"]
+    if config.get("streamed_rows"):  # Ray Data: this worker's equal shard of the training rows
+        data, val = Streamed(ray.train.get_dataset_shard("train"), config["streamed_rows"] // world), \
+            ray.get(config["data"])
+    else:
+        x, y, val = ray.get(config["data"])
+        # object-store arrays are read-only
+        data = InMemory({k: v.copy() for k, v in x.items()}, y.copy())
     ckpt = ray.train.get_checkpoint()
     if ckpt is None and config["init_weights"] is not None:
         model.load_state_dict(torch.load(io.BytesIO(ray.get(config["init_weights"])), map_location="cpu",
                                          weights_only=True))
     model = prepare_model(model)
     device = get_device()
-    loop = Loop(model, hooks, recipe, device, -(-(len(y) // world) // recipe.batch_size))
+    rows = data.rows if isinstance(data, Streamed) else data.rows // world
+    loop = Loop(model, hooks, recipe, device, -(-rows // recipe.batch_size))
     start, restarts, resumed_from = 0, 0, None
     if ckpt is not None:  # a restarted group: continue where the last checkpoint left off
         with ckpt.as_directory() as folder:
@@ -313,7 +316,7 @@ def train_loop(config: dict[str, Any]) -> None:
                  "best_epoch": loop.best[1] if loop.best else None}))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    fit(loop, x, y, val, rank=rank, world=world, start=start, checkpoint=checkpoint,
+    fit(loop, data, val, rank=rank, world=world, start=start, checkpoint=checkpoint,
         before_epoch=lambda e: _crash_on_cue(rank, e, ckpt is not None))
 
 
@@ -338,11 +341,12 @@ def estimate_seconds(model, hooks: Hooks, recipe: Recipe, x, y) -> float:
     import time
 
     probe = Loop(copy.deepcopy(model), hooks, recipe, "cpu", 1)
-    idx = list(range(min(recipe.batch_size, len(y))))
+    n = min(recipe.batch_size, len(y))
+    one = [({k: v[:n] for k, v in x.items()}, y[:n])]
     steps = []
     for _ in range(6):  # the first step pays for lazy initialisation: drop it
         t0 = time.perf_counter()
-        probe.epoch(x, y, idx)
+        probe.epoch(one)
         steps.append(time.perf_counter() - t0)
     # The fastest step: what the work costs; slower ones measured a neighbour's load too.
     return min(steps[1:]) * -(-len(y) // recipe.batch_size) * recipe.epochs
@@ -365,9 +369,9 @@ def _train_here(ctx: StageContext, snapshot: Snapshot, model, hooks: Hooks, data
     cycle's `--resume` continues from the last one."""
     import torch
 
-    x, y, val = data
+    data, val = data
     model = model.to(device)
-    loop = Loop(model, hooks, recipe, device, -(-len(y) // recipe.batch_size))
+    loop = Loop(model, hooks, recipe, device, -(-data.rows // recipe.batch_size))
     start, restarts, resumed_from = 0, 0, None
     state_file = ctx.path("checkpoint", "state.pt")
     if state_file.exists():  # a resumed cycle: continue from the last checkpoint
@@ -384,14 +388,15 @@ def _train_here(ctx: StageContext, snapshot: Snapshot, model, hooks: Hooks, data
         if not last:
             _save_state(state_file, loop.state(epoch, restarts))
 
-    last = fit(loop, x, y, val, rank=0, world=1, start=start, checkpoint=checkpoint, before_epoch=before_epoch)
+    last = fit(loop, data, val, rank=0, world=1, start=start, checkpoint=checkpoint, before_epoch=before_epoch)
     weights = ctx.path("checkpoint", "weights.pt")
     torch.save(loop.final_weights(), weights)
     return Checkpoint(
         weights_file=str(weights), sha256=sha256_file(weights), epochs=len(loop.history), num_workers=1,
         use_gpu=device == "cuda", warm_started_from=snapshot.champion.version if init else None,
         history=tuple(loop.history), restarts=restarts, resumed_from_epoch=resumed_from, workers_reason=why,
-        placement="in_process", lr=recipe.lr, mixed_precision=amp_why, hooks=tuple(hooks.names()),
+        placement="in_process_streamed" if isinstance(data, Streamed) else "in_process",
+        lr=recipe.lr, mixed_precision=amp_why, hooks=tuple(hooks.names()),
         stopped_early=last < recipe.epochs - 1, best_epoch=loop.best[1] if loop.best else None,
     )
 
@@ -425,8 +430,10 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
     model = ctx.pipeline.module().build_model()
     if init:
         model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+    # Streaming: train_file is only a sample of the training rows, enough to time a few steps.
     x, y = load_arrays(snapshot.train_file)
     val = load_arrays(snapshot.validation_file) if snapshot.validation_file else None
+    plan = snapshot.train_manifest
     epochs, lr = recipe(cfg, init is not None)
     start = f", warm start from v{champion.version}" if init else ", from scratch"
     if hooks.names():
@@ -434,7 +441,7 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
     sized = ""
     if cfg.workers == "auto" and cfg.in_process_below_s:
         probe, _ = recipe_for(cfg, ctx.pipeline.config.task, epochs, lr, "cpu")
-        est = estimate_seconds(model, hooks, probe, x, y)
+        est = estimate_seconds(model, hooks, probe, x, y) * (snapshot.train_rows / max(len(y), 1))
         if est < cfg.in_process_below_s:
             why = (f"auto: estimated compute {est:.1f} s < train.in_process_below_s ({cfg.in_process_below_s:g} s), "
                    "so trained in this process without Ray Train's worker start-up")
@@ -447,11 +454,21 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
             device = "cuda" if cfg.use_gpu is not False and torch.cuda.is_available() else "cpu"
             rec, amp_why = recipe_for(cfg, ctx.pipeline.config.task, epochs, lr, device)
             ctx.say(f"training in this process ({why}), {epochs} epochs at lr {lr:g}, {snapshot.train_rows} rows{start}")
-            out = _train_here(ctx, snapshot, model, hooks, (x, y, val), init, why, rec, amp_why, device)
+            data = InMemory(x, y) if plan is None else Streamed(_streamed_rows(ctx, plan), plan["train_rows"])
+            out = _train_here(ctx, snapshot, model, hooks, (data, val), init, why, rec, amp_why, device)
             _log_history(ctx, out.history)
             return out
         sized = f"; estimated compute {est:.1f} s >= train.in_process_below_s ({cfg.in_process_below_s:g} s)"
     return _train_on_ray(ctx, snapshot, model, hooks, (x, y, val), init, start, epochs, lr, sized)
+
+
+def _streamed_rows(ctx: StageContext, plan: dict):
+    """The training rows of a streaming snapshot as a Ray Data dataset (on the cycle's Ray)."""
+    from orchestrator.runtime import ensure_ray
+    from orchestrator.stream import dataset
+
+    ensure_ray(ctx.workspace)
+    return dataset(plan, ctx.pipeline.inputs, ctx.pipeline.target)
 
 
 def _log_history(ctx: StageContext, history) -> None:
@@ -489,11 +506,21 @@ def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, hooks: Hooks, da
     ctx.say(f"training on {workers} {'GPU' if use_gpu else 'CPU'} worker(s) ({why}), {epochs} epochs at lr {lr:g}, "
             f"{snapshot.train_rows} rows{start}")
     storage_path, storage_fs = ctx.storage.ray_train_storage()
+    plan = snapshot.train_manifest
+    streamed = {}
+    if plan is not None:  # the workers read their shards of the files; only the validation rows travel
+        streamed = {"datasets": {"train": _streamed_rows(ctx, plan)}}
+        data = data[2]
+        why += "; training rows streamed through Ray Data (ingest.stream_above_rows/bytes)"
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"model_source": ctx.pipeline.model_file.read_text(), "data": ray.put(data),
-                           "init_weights": init_ref, "recipe": rec, "seed": cfg.seed},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+                           "init_weights": init_ref, "recipe": rec, "seed": cfg.seed,
+                           "streamed_rows": plan["train_rows"] if plan else 0},
+        # Streaming: a worker takes half a CPU, so Ray Data's read tasks find CPUs beside it.
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": 0.5} if plan and not use_gpu else None),
+        **streamed,
         torch_config=_torch_config("nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
             name=f"{ctx.pipeline.name}-{ctx.cycle_id}",

@@ -10,6 +10,7 @@ from torch import nn
 from orchestrator.config import TrainConfig
 from orchestrator.door import Batch, Hooks
 from orchestrator.stages.train import Loop, Recipe, fit, recipe_for
+from orchestrator.stream import InMemory
 
 
 def data(n=64, seed=0):
@@ -23,7 +24,7 @@ def run(hooks=None, epochs=3, val=None, patience=None, clip=None):
     model = nn.Linear(4, 2)
     x, y = data()
     loop = Loop(model, hooks or Hooks(), Recipe("classification", epochs, 16, 0.05, 0, 100, patience, clip), "cpu", 4)
-    last = fit(loop, x, y, val, rank=0, world=1, start=0, checkpoint=lambda e, last: None)
+    last = fit(loop, InMemory(x, y), val, rank=0, world=1, start=0, checkpoint=lambda e, last: None)
     return loop, last
 
 

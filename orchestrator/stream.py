@@ -1,0 +1,128 @@
+"""Snapshots larger than one process should hold: the training rows stay in their shard files
+and Ray Data streams them to the training loop, so neither the driver nor a worker ever holds
+the training set.
+
+Which rows are holdout, validation or training is decided by each row's content (a 64-bit
+hash of its bytes mapped into [0, 1), its *band*), not by its position: ingest keeps the
+holdout and validation bands in memory (they are capped, so they stay small), and every read
+of the training data, on any node, drops exactly those rows again. A manifest (plain JSON in
+the snapshot) names the files and the bands; nothing here touches the registry or moves a file.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from orchestrator.dataset import decode
+
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
+def bands(x: dict[str, np.ndarray], y: np.ndarray) -> np.ndarray:
+    """Each row's band in [0, 1): FNV-1a over its bytes (inputs by name, then the target),
+    finished with a murmur3 mix so nearby rows spread evenly. Vectorised over rows."""
+    n = len(y)
+    parts = [np.ascontiguousarray(x[k]).reshape(n, -1).view(np.uint8) for k in sorted(x)]
+    parts.append(np.ascontiguousarray(y).reshape(n, -1).view(np.uint8))
+    raw = np.concatenate(parts, axis=1)
+    raw = np.pad(raw, ((0, 0), (0, (-raw.shape[1]) % 8)))
+    words = np.ascontiguousarray(raw).view(np.uint64)
+    h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(words.shape[1]):
+            h = (h ^ words[:, j]) * _FNV_PRIME
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(0xFF51AFD7ED558CCD)
+        h ^= h >> np.uint64(33)
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def should_stream(cfg, new_rows: int, new_bytes: int) -> bool:
+    """Above ingest.stream_above_rows rows or ingest.stream_above_bytes bytes of new data."""
+    rows, size = cfg.ingest.stream_above_rows, cfg.ingest.stream_above_bytes
+    return bool((rows and new_rows > rows) or (size and new_bytes > size))
+
+
+def split_bands(cfg, new_rows: int) -> tuple[float, float, float]:
+    """(holdout, validation, sample) band widths: the configured fractions, capped so each
+    kept set stays about ingest.holdout_max_rows rows however large the data grows."""
+    cap = cfg.ingest.holdout_max_rows / max(new_rows, 1)
+    hold = min(cfg.ingest.holdout_fraction, cap)
+    val = min(cfg.train.validation_fraction * (1 - hold), cap) if cfg.train.early_stopping_patience else 0.0
+    sample = min(1.0 - hold - val, cap)  # training rows kept for INT8 calibration and the drift profile
+    return hold, val, sample
+
+
+def manifest(new: list[str], replay: list[str], hold: float, val: float, train_rows: int) -> dict[str, Any]:
+    """What training reads: new shards (rows with band >= hold + val) and replayed learned
+    shards (every row), by path."""
+    return {"new": list(new), "replay": list(replay), "drop_below": hold + val, "train_rows": int(train_rows)}
+
+
+def _training_rows(table, inputs, target, new_names: frozenset[str], drop_below: float) -> dict[str, np.ndarray]:
+    """One Ray Data block of raw Parquet rows → the training rows, decoded by input name."""
+    paths = table.column("path").to_pylist() if "path" in table.column_names else []
+    x, y = decode(table.drop_columns(["path"]) if paths else table, inputs, target)
+    keep = np.ones(len(y), dtype=bool)
+    if paths:
+        is_new = np.array([Path(p).name in new_names for p in paths])
+        keep = ~is_new | (bands(x, y) >= drop_below)
+    out = {f"in.{k}": v[keep] for k, v in x.items()}
+    out["y"] = y[keep]
+    return out
+
+
+def dataset(plan: dict[str, Any], inputs, target, cpus_per_task: float = 0.25):
+    """The training rows as a Ray Data dataset (lazy: nothing is read until iterated).
+
+    Read and decode tasks ask for a fraction of a CPU: with whole CPUs, training workers on
+    a small node leave none for them and the stream starves (STACK.md: Ray Data on 2 CPUs)."""
+    import logging
+
+    import ray.data
+
+    # One line per epoch from Ray Data's executor is noise beside plaster's own progress lines.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    files = plan["new"] + plan["replay"]
+    wanted = [c for i in inputs for c in i.parquet_columns] + list(target.columns)
+    ds = ray.data.read_parquet(files, columns=wanted, include_paths=True, num_cpus=cpus_per_task)
+    fn = partial(_training_rows, inputs=inputs, target=target,
+                 new_names=frozenset(Path(p).name for p in plan["new"]), drop_below=plan["drop_below"])
+    return ds.map_batches(fn, batch_format="pyarrow", batch_size=None, num_cpus=cpus_per_task)
+
+
+class InMemory:
+    """Today's fast path: arrays in memory; every rank draws the same permutation per epoch
+    and takes an equal disjoint slice, so DDP's collectives stay in step."""
+
+    def __init__(self, x: dict[str, np.ndarray], y: np.ndarray):
+        self.x, self.y = x, y
+        self.rows = len(y)
+
+    def batches(self, epoch: int, rank: int, world: int, batch_size: int, seed: int) -> Iterator[tuple[dict, np.ndarray]]:
+        per_rank = self.rows // world
+        order = np.random.default_rng(seed + epoch).permutation(self.rows)[rank * per_rank:(rank + 1) * per_rank]
+        for begin in range(0, len(order), batch_size):
+            idx = order[begin:begin + batch_size]
+            yield {k: v[idx] for k, v in self.x.items()}, self.y[idx]
+
+
+class Streamed:
+    """Batches from a Ray Data dataset or a worker's shard of one (`ray.train.get_dataset_shard`),
+    shuffled within a local buffer per epoch. Ray Train splits the dataset into equal shards,
+    so every rank steps the same number of times."""
+
+    def __init__(self, source, rows: int):
+        self.source, self.rows = source, rows
+
+    def batches(self, epoch: int, rank: int, world: int, batch_size: int, seed: int) -> Iterator[tuple[dict, np.ndarray]]:
+        for b in self.source.iter_batches(batch_size=batch_size, batch_format="numpy",
+                                          local_shuffle_buffer_size=max(8 * batch_size, 1024),
+                                          local_shuffle_seed=seed + epoch):
+            # Copies: Ray Data's arrays are read-only views of the object store, which torch refuses to wrap.
+            yield {k[3:]: np.array(v) for k, v in b.items() if k.startswith("in.")}, np.array(b["y"])
