@@ -70,9 +70,10 @@ class TensorRTBackend:
         try:
             import tensorrt
         except ImportError:
-            return "tensorrt is not installed (pip install tensorrt)"
+            return "tensorrt is not installed (pip install -e '.[gpu]' for CUDA 12, '.[gpu-cu13]' for CUDA 13)"
         except Exception as exc:  # e.g. the wheel is there but libnvinfer cannot load
-            return f"tensorrt failed to import ({type(exc).__name__}: {exc}); reinstall it (pip install tensorrt)"
+            return (f"tensorrt failed to import ({type(exc).__name__}: {exc}); reinstall the extra matching your "
+                    "torch's CUDA major (pip install -e '.[gpu]' for CUDA 12, '.[gpu-cu13]' for CUDA 13)")
         try:
             if int(str(tensorrt.__version__).split(".")[0]) < _MIN_MAJOR:
                 return (f"tensorrt {tensorrt.__version__} is too old; strongly typed builds need 10 or newer "

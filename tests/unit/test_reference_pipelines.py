@@ -155,3 +155,23 @@ def test_weighted_hooks_keep_their_contract():
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] <= settings.lr
+
+
+def test_tabular_boundary_drifts_mildly_and_the_golden_rule_stays_close(monkeypatch):
+    """Concept drift, not only covariate shift: the same point can change class from shard to
+    shard, yet the rule never strays far from shard 0's, which labels the golden holdout."""
+    sim = _module(PIPELINES / "tabular" / "simulate.py")
+    golden_population = sim._factors(0, 20_000, np.random.default_rng(0))
+    golden_rule = sim.labels_of(golden_population)
+    turns = [sim.boundary_turn(k) for k in range(40)]
+    assert turns[0] == 0.0
+    assert all(a != b for a, b in zip(turns, turns[1:])), "the boundary moves at every shard"
+    relabelled = [float(np.mean(sim.labels_of(golden_population, t) != golden_rule)) for t in turns]
+    assert max(relabelled) <= 0.10, f"the rule strays too far from the golden one ({max(relabelled):.1%} of its rows)"
+    assert min(relabelled[4:8]) >= 0.03, "the second cycle's shards must see a moved boundary"
+
+    # The shards' labels follow the turned rule: the same draws without the turn label differently.
+    turned = sim._rows(5, 4000, np.random.default_rng(5), False)["label"]
+    monkeypatch.setattr(sim, "BOUNDARY_TURN_PER_SHARD", 0.0)
+    fixed = sim._rows(5, 4000, np.random.default_rng(5), False)["label"]
+    assert 0.02 <= float(np.mean(turned != fixed)) <= 0.12
