@@ -12,7 +12,6 @@ the snapshot) names the files and the bands; nothing here touches the registry o
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -63,24 +62,35 @@ def manifest(new: list[str], replay: list[str], hold: float, val: float, train_r
     return {"new": list(new), "replay": list(replay), "drop_below": hold + val, "train_rows": int(train_rows)}
 
 
-def _training_rows(table, inputs, target, new_names: frozenset[str], drop_below: float) -> dict[str, np.ndarray]:
-    """One Ray Data block of raw Parquet rows → the training rows, decoded by input name."""
-    paths = table.column("path").to_pylist() if "path" in table.column_names else []
-    x, y = decode(table.drop_columns(["path"]) if paths else table, inputs, target)
-    keep = np.ones(len(y), dtype=bool)
-    if paths:
-        is_new = np.array([Path(p).name in new_names for p in paths])
-        keep = ~is_new | (bands(x, y) >= drop_below)
+def _training_rows(table, inputs, target, is_new: bool, drop_below: float) -> dict[str, np.ndarray]:
+    """Raw Parquet rows of one file → its training rows, decoded by input name: a new shard's
+    rows in the holdout or validation bands are dropped; a replayed shard gives every row."""
+    x, y = decode(table, inputs, target)
+    keep = bands(x, y) >= drop_below if is_new else np.ones(len(y), dtype=bool)
     out = {f"in.{k}": v[keep] for k, v in x.items()}
     out["y"] = y[keep]
     return out
 
 
-def dataset(plan: dict[str, Any], inputs, target, cpus_per_task: float = 0.25):
-    """The training rows as a Ray Data dataset (lazy: nothing is read until iterated).
+def _read_files(batch: dict, inputs, target, wanted: list[str], new: frozenset[str],
+                drop_below: float) -> Iterator[dict[str, np.ndarray]]:
+    """A Ray Data task: the files named in `batch`, one row group at a time (a task holds one
+    group, however large the shard)."""
+    import pyarrow.parquet as pq
 
-    Read and decode tasks ask for a fraction of a CPU: with whole CPUs, training workers on
-    a small node leave none for them and the stream starves (STACK.md: Ray Data on 2 CPUs)."""
+    for path in batch["path"]:
+        f = pq.ParquetFile(str(path))
+        for g in range(f.num_row_groups):
+            yield _training_rows(f.read_row_group(g, columns=wanted), inputs, target, str(path) in new, drop_below)
+
+
+def dataset(plan: dict[str, Any], inputs, target, cpus_per_task: float = 0.25):
+    """The training rows as a Ray Data dataset (lazy: nothing is read until iterated): one
+    item per file, each read by a task as a stream of row groups.
+
+    Not `read_parquet`: its file-listing task asks for a whole CPU, which a one-CPU node
+    running a training worker never has (the read stalled for good on the two-node test
+    cluster). Tasks here ask for a fraction of a CPU, so they run beside the workers."""
     import logging
 
     import ray.data
@@ -90,10 +100,10 @@ def dataset(plan: dict[str, Any], inputs, target, cpus_per_task: float = 0.25):
     ray.data.DataContext.get_current().enable_progress_bars = False
     files = plan["new"] + plan["replay"]
     wanted = [c for i in inputs for c in i.parquet_columns] + list(target.columns)
-    ds = ray.data.read_parquet(files, columns=wanted, include_paths=True, num_cpus=cpus_per_task)
-    fn = partial(_training_rows, inputs=inputs, target=target,
-                 new_names=frozenset(Path(p).name for p in plan["new"]), drop_below=plan["drop_below"])
-    return ds.map_batches(fn, batch_format="pyarrow", batch_size=None, num_cpus=cpus_per_task)
+    fn = partial(_read_files, inputs=inputs, target=target, wanted=wanted, new=frozenset(plan["new"]),
+                 drop_below=plan["drop_below"])
+    return ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files)).map_batches(
+        fn, batch_size=1, batch_format="numpy", num_cpus=cpus_per_task)
 
 
 class InMemory:

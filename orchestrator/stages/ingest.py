@@ -123,6 +123,7 @@ def run(ctx: StageContext) -> Snapshot:
     streaming = stream.should_stream(cfg, *_footprint([p for p, _ in fresh]))
     widths = stream.split_bands(cfg, _footprint([p for p, _ in fresh])[0]) if streaming else None
     bands: list[np.ndarray] = []
+    streamed_rows = 0
     for path, sha in fresh:
         try:
             x, y = read_shard(path, inputs, target)
@@ -138,6 +139,7 @@ def run(ctx: StageContext) -> Snapshot:
         new.append(Shard(path.name, str(path), sha, len(y), path.stat().st_mtime))
         if streaming:
             b = stream.bands(x, y)
+            streamed_rows += int((b >= widths[0] + widths[1]).sum())  # exact: what training will read
             kept = b < sum(widths)
             x, y = take(x, kept), y[kept]
             bands.append(b[kept])
@@ -161,7 +163,7 @@ def run(ctx: StageContext) -> Snapshot:
         ctx.say(f"drift vs the champion's training data: {moved['metric']} {moved['score']:.3f} on {moved['worst']}")
     common.update(learned=tuple(sorted(learned | {s.sha256 for s in new})), drift=_compact(moved))
     if streaming:
-        return _streamed(ctx, common, x_new, y_new, np.concatenate(bands), widths, rows, old_paths, rng)
+        return _streamed(ctx, common, x_new, y_new, np.concatenate(bands), widths, streamed_rows, old_paths, rng)
     order = rng.permutation(len(y_new))
     n_hold = max(1, int(round(len(y_new) * cfg.ingest.holdout_fraction)))
     hold, train = order[:n_hold], order[n_hold:]
@@ -233,7 +235,7 @@ def _footprint(paths: list[Path]) -> tuple[int, int]:
     return rows, sum(p.stat().st_size for p in paths)
 
 
-def _streamed(ctx: StageContext, common: dict, x, y, b, widths, new_rows: int, old_paths: list[Path],
+def _streamed(ctx: StageContext, common: dict, x, y, b, widths, new_train: int, old_paths: list[Path],
               rng: np.random.Generator) -> Snapshot:
     """A snapshot whose training rows stay in their files (stream.py): the holdout and
     validation bands and a training sample (for INT8 calibration and the profile) are saved;
@@ -252,7 +254,6 @@ def _streamed(ctx: StageContext, common: dict, x, y, b, widths, new_rows: int, o
     profile_file = ctx.path("snapshot", "profile.json")
     profile_file.write_text(json.dumps(drift.profile(take(x, in_sample), inputs)))
 
-    new_train = int(round(new_rows * (1 - hold - val)))
     want = int(new_train * cfg.ingest.replay_fraction)
     replay: list[Path] = []
     replay_rows = 0

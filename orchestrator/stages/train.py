@@ -517,9 +517,11 @@ def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, hooks: Hooks, da
         train_loop_config={"model_source": ctx.pipeline.model_file.read_text(), "data": ray.put(data),
                            "init_weights": init_ref, "recipe": rec, "seed": cfg.seed,
                            "streamed_rows": plan["train_rows"] if plan else 0},
-        # Streaming: a worker takes half a CPU, so Ray Data's read tasks find CPUs beside it.
+        # Streaming: a worker takes half a CPU, so Ray Data's read tasks find CPUs beside it, and
+        # the workers spread over the nodes (half-CPU workers would otherwise pack onto one).
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": 0.5} if plan and not use_gpu else None),
+                                     resources_per_worker={"CPU": 0.5} if plan and not use_gpu else None,
+                                     placement_strategy="SPREAD" if plan else "PACK"),
         **streamed,
         torch_config=_torch_config("nccl" if use_gpu else "gloo"),
         run_config=RunConfig(

@@ -201,10 +201,17 @@ def _sigterm_mid_training(proc, ws, what: str) -> tuple[int, float, str]:
 
 def test_run_stops_within_seconds_of_sigterm_mid_training_and_resumes(home, digits):
     # minutes of training, in this process (the default on one machine without GPUs)
-    set_yaml(digits, "train", "train: {workers: auto, epochs: 3000, lr: 0.002}")
+    # checkpoint_every 1: the test waits for the first epoch's checkpoint before SIGTERM (on a
+    # loaded machine "3 s into training" was sometimes still inside the first epoch: nothing to keep).
+    set_yaml(digits, "train", "train: {workers: auto, epochs: 3000, lr: 0.002, checkpoint_every: 1}")
     api.simulate(digits, shards=4)
     ws = Workspace.from_env()
     proc = plaster("run", str(digits))
+    rec = _wait_for_training(proc, ws)
+    first = ws.cycle_dir("digits", rec["id"]) / "checkpoint" / "state.pt"
+    deadline = time.time() + 240
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
     code, stopped_s, out = _sigterm_mid_training(proc, ws, "plaster run")
     assert code == 128 + signal.SIGTERM, out[-2000:]
     assert "--resume" in out and stopped_s < 15, (stopped_s, out[-2000:])
