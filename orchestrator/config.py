@@ -53,9 +53,14 @@ class InputConfig(_Strict):
     shape: tuple[int, ...] | None = Field(None, description="with column: the shape of one example, e.g. [32]")
     dtype: Literal["float32", "int64"] = Field("float32", description="with column: int64 for token or category ids")
     vocab_size: int | None = Field(None, ge=1, description="int64 ids must lie in 0 .. vocab_size-1")
+    range: tuple[float, float] | None = Field(
+        None, description="float inputs: [low, high] the values are declared to lie in; a shard where a feature lies "
+                          "entirely outside it is quarantined (a unit or scale gone wrong upstream)")
 
     @model_validator(mode="after")
     def _one_form(self) -> "InputConfig":
+        if self.range is not None and (self.dtype == "int64" or self.range[0] >= self.range[1]):
+            raise ValueError("range: [low, high] with low < high, for float inputs (int64 ids have vocab_size)")
         if (self.columns is None) == (self.column is None):
             raise ValueError("give either columns: [a, b, ...] (scalar columns) or column: + shape: (a list column)")
         if self.columns is not None and (self.shape is not None or self.dtype != "float32" or self.vocab_size):

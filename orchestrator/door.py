@@ -52,6 +52,7 @@ class InputSpec:
     columns: tuple[str, ...] = ()  # scalar columns stacked into a vector, or
     column: str | None = None  # one list column
     vocab_size: int | None = None  # int64 ids lie in 0 .. vocab_size-1
+    range: tuple[float, float] | None = None  # declared [low, high] of a float input's values
 
     @property
     def parquet_columns(self) -> tuple[str, ...]:
@@ -106,9 +107,10 @@ def inputs_of(data) -> tuple[InputSpec, ...]:
     out = []
     for name, i in data.inputs.items():
         if i.columns:
-            out.append(InputSpec(name, (len(i.columns),), "float32", columns=tuple(i.columns)))
+            out.append(InputSpec(name, (len(i.columns),), "float32", columns=tuple(i.columns), range=i.range))
         else:
-            out.append(InputSpec(name, tuple(i.shape), i.dtype, column=i.column, vocab_size=i.vocab_size))
+            out.append(InputSpec(name, tuple(i.shape), i.dtype, column=i.column, vocab_size=i.vocab_size,
+                                 range=i.range))
     return tuple(out)
 
 

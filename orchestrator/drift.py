@@ -105,12 +105,26 @@ def top(drift: dict[str, Any], n: int = 5) -> list[tuple[str, dict[str, float]]]
 
 
 def impossible(reference: dict[str, Any] | None, x: dict[str, np.ndarray], inputs, min_rows: int = 20) -> str | None:
-    """Why rows of one shard cannot be real data under the champion's profile, or None.
+    """Why rows of one shard cannot be real data under the declared schema or the champion's
+    profile, or None.
 
-    A scalar column that is constant in the shard though it varied in the champion's data
-    (its commonest value under half the rows, so ~min_rows rows are all the same by chance
-    with odds below 2^-min_rows) is a broken producer: a default filled in, a join gone wrong.
+    A feature whose every value lies outside its input's declared `range` is mis-scaled. A
+    scalar column that is constant in the shard though it varied in the champion's data (its
+    commonest value under half the rows, so ~min_rows rows are all the same by chance with
+    odds below 2^-min_rows) is a broken producer: a default filled in, a join gone wrong.
     """
+    for spec in inputs:  # the declared range holds with or without a champion
+        if spec.range is None or spec.name not in x:
+            continue
+        lo, hi = spec.range
+        flat = np.asarray(x[spec.name], dtype=np.float64).reshape(len(x[spec.name]), -1)
+        outside = np.all((flat < lo) | (flat > hi), axis=0)
+        if outside.any():
+            j = int(np.argmax(outside))
+            name = feature_names(spec)[j]
+            return (f"feature {name} lies entirely outside its declared range [{lo:g}, {hi:g}] (min {flat[:, j].min():g}, "
+                    f"max {flat[:, j].max():g}): a unit or scale changed upstream; fix the producer or "
+                    f"data.inputs.{spec.name}.range")
     if not reference or not x or len(next(iter(x.values()))) < min_rows:
         return None
     for spec in inputs:

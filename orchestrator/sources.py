@@ -51,6 +51,12 @@ class Bucket:
         scheme, rest = self.uri.split("?", 1)[0].split("://", 1)
         return f"{scheme}://{rest.split('@', 1)[-1]}"
 
+    def object_uri(self, name: str) -> str:
+        """A shard's own URI, with the source's query options (endpoint, region): what Ray Data
+        tasks on any node open. Built when needed, never stored (it may carry credentials)."""
+        base, _, query = self.uri.partition("?")
+        return f"{base.rstrip('/')}/{name}" + (f"?{query}" if query else "")
+
     def shards(self) -> list:
         """The Parquet objects directly under the prefix (FileInfo: path, size, mtime_ns)."""
         import pyarrow.fs as pafs

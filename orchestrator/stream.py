@@ -12,6 +12,7 @@ the snapshot) names the files and the bands; nothing here touches the registry o
 from __future__ import annotations
 
 from functools import partial
+from pathlib import PurePath
 from typing import Any, Iterator
 
 import numpy as np
@@ -79,9 +80,30 @@ def _read_files(batch: dict, inputs, target, wanted: list[str], new: frozenset[s
     import pyarrow.parquet as pq
 
     for path in batch["path"]:
-        f = pq.ParquetFile(str(path))
+        f = pq.ParquetFile(_open(str(path)))
         for g in range(f.num_row_groups):
             yield _training_rows(f.read_row_group(g, columns=wanted), inputs, target, str(path) in new, drop_below)
+
+
+def _open(location: str):
+    """A local path as it is; a bucket object (s3://, gs://) through pyarrow's filesystem, with
+    the credentials of the task's environment."""
+    if "://" not in location:
+        return location
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(location)
+    return fs.open_input_file(path)
+
+
+def located(plan: dict[str, Any], bucket) -> dict[str, Any]:
+    """The plan with each shard at the place every node can read: for a bucket source its
+    object URI (the mirror is on the driver's disk only); a folder source as it is (on a
+    cluster, a folder every node mounts)."""
+    if bucket is None:
+        return plan
+    where = {p: bucket.object_uri(PurePath(p).name) for p in plan["new"] + plan["replay"]}
+    return {**plan, "new": [where[p] for p in plan["new"]], "replay": [where[p] for p in plan["replay"]]}
 
 
 def dataset(plan: dict[str, Any], inputs, target, cpus_per_task: float = 0.25):

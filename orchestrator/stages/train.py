@@ -465,10 +465,10 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
 def _streamed_rows(ctx: StageContext, plan: dict):
     """The training rows of a streaming snapshot as a Ray Data dataset (on the cycle's Ray)."""
     from orchestrator.runtime import ensure_ray
-    from orchestrator.stream import dataset
+    from orchestrator.stream import dataset, located
 
     ensure_ray(ctx.workspace)
-    return dataset(plan, ctx.pipeline.inputs, ctx.pipeline.target)
+    return dataset(located(plan, ctx.pipeline.bucket), ctx.pipeline.inputs, ctx.pipeline.target)
 
 
 def _log_history(ctx: StageContext, history) -> None:

@@ -177,3 +177,23 @@ def test_a_worker_killed_mid_training_restarts_from_its_checkpoint(cluster, site
     assert train["restarts"] == 1 and train["resumed_from_epoch"] in (3, 6), train
     assert [h["epoch"] for h in train["history"]] == list(range(12)), "each epoch once: resumed, not retrained"
     assert len(set(train["nodes"])) == 2
+
+
+def test_a_streamed_cycle_reads_its_shards_through_ray_data_on_both_nodes(cluster, site):
+    # Above ingest.stream_above_rows the training rows stay in their files: each worker reads
+    # its shard of them through Ray Data (half-CPU workers, spread one per node).
+    yaml_file = site["digits"] / "pipeline.yaml"
+    text = yaml_file.read_text()
+    yaml_file.write_text(text.replace("ingest:\n", "ingest:\n  stream_above_rows: 100\n", 1))
+    try:
+        api.simulate(site["digits"], shards=4)
+        out = submit(cluster, site, "--follow")
+    finally:
+        yaml_file.write_text(text)
+    assert out.returncode in (0, 1), out.stdout[-3000:] + out.stderr[-3000:]  # a decision, either way
+    rec = _last_record(site)
+    snap, train = rec["stages"]["ingest"]["output"], rec["stages"]["train"]["output"]
+    assert snap["train_manifest"] is not None and len(snap["train_manifest"]["new"]) == 4
+    assert "streamed through Ray Data" in train["workers_reason"], train["workers_reason"]
+    assert train["num_workers"] == 2 and len(set(train["nodes"])) == 2, train["nodes"]
+    assert [h["epoch"] for h in train["history"]] == list(range(12))

@@ -104,3 +104,25 @@ def test_an_unreachable_bucket_is_a_data_error_naming_data_source(home, digits, 
     with pytest.raises(DataError) as e:
         load_pipeline(digits).bucket.shards()
     assert "data.source" in str(e.value) and "s3cret" not in str(e.value)
+
+
+def test_a_streamed_cycle_reads_its_training_rows_from_the_bucket(home, digits, bucket):
+    # Ray Data's tasks open the objects themselves (the mirror is on the driver's disk only).
+    uri, fs = bucket
+    yaml_file = digits / "pipeline.yaml"
+    text = re.sub(r"source: .*", f'source: "{uri}"', yaml_file.read_text())
+    yaml_file.write_text(text.replace("ingest:\n", "ingest:\n  stream_above_rows: 100\n", 1))
+    api.simulate(digits, shards=4)
+    pipeline = load_pipeline(digits)
+    rec = api.run_cycle(digits)
+    plan = rec["stages"]["ingest"]["output"]["train_manifest"]
+    assert plan is not None and rec["decision"] in ("PROMOTED", "REJECTED"), rec.get("reasons")
+    from orchestrator import stream
+
+    where = stream.located(plan, pipeline.bucket)
+    assert all(p.startswith("s3://shards/digits/shard-") and "endpoint_override=" in p for p in where["new"])
+    for p in pipeline.source.glob("*.parquet"):
+        p.unlink()  # the mirror gone: the read below can only go to the bucket
+    got = sum(len(b["y"]) for b in stream.dataset(where, pipeline.inputs, pipeline.target)
+              .iter_batches(batch_size=None, batch_format="numpy"))
+    assert got == plan["train_rows"]

@@ -60,3 +60,15 @@ def test_a_column_constant_where_the_champions_varied_is_impossible():
     assert drift.impossible(None, bad, [DENSE]) is None, "no champion profile: nothing to hold it against"
     few = {k: v[:5] for k, v in bad.items()}
     assert drift.impossible(ref, few, [DENSE]) is None, "5 equal rows happen by chance"
+
+
+def test_a_feature_entirely_outside_its_declared_range_is_impossible_even_without_a_champion():
+    spec = InputSpec("dense", (3,), "float32", columns=("a", "b", "c"), range=(-10.0, 10.0))
+    rng = np.random.default_rng(4)
+    x = {"dense": rng.normal(size=(50, 3)).astype(np.float32)}
+    assert drift.impossible(None, x, [spec]) is None
+    x["dense"][:, 1] = x["dense"][:, 1] * 10 + 1000  # grams where kilograms were declared
+    why = drift.impossible(None, x, [spec])
+    assert why.startswith("feature b lies entirely outside its declared range [-10, 10]") and "range" in why
+    x["dense"][0, 1] = 0.0  # one value inside: not entirely outside
+    assert drift.impossible(None, x, [spec]) is None
