@@ -8,10 +8,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 
 import pytest
+from polling import decided, wait_for
 
 from orchestrator import api, scheduler
 from orchestrator import record as records
@@ -26,18 +26,6 @@ def set_schedule(digits, text: str) -> None:
     yaml.write_text(body.rstrip("\n") + "\n" + text + "\n")
 
 
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def decided(ws, trigger):
-    return next((r for r in records.load_all(ws, "digits") if r["trigger"] == trigger and r["state"] == "decided"), None)
 
 
 def free_port() -> int:

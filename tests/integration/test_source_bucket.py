@@ -5,13 +5,12 @@ trigger sees new objects from listings and Parquet footers alone."""
 
 import json
 import re
-import time
 
 import pyarrow.fs as pafs
 import pytest
+from polling import decided, wait_for
 
 from orchestrator import api, scheduler
-from orchestrator import record as records
 from orchestrator.config import load_pipeline
 from orchestrator.workspace import Workspace
 
@@ -19,29 +18,14 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def bucket(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never wait on a cloud metadata service
+def bucket(s3_server, monkeypatch):
+    host, port = s3_server
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     opts = f"endpoint_override=http://{host}:{port}&region=us-east-1"
     fs, _ = pafs.FileSystem.from_uri(f"s3://shards?{opts}&allow_bucket_creation=true")
     fs.create_dir("shards")
-    yield f"s3://shards/digits?{opts}", fs
-    server.stop()
-
-
-def wait_for(pred, timeout: float, what: str):
-    end = time.time() + timeout
-    while time.time() < end:
-        if (got := pred()) is not None:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    return f"s3://shards/digits?{opts}", fs
 
 
 def _names(fs, prefix):
@@ -65,8 +49,7 @@ def test_the_data_trigger_fires_from_a_bucket_and_bad_objects_are_quarantined_th
         api.simulate(digits, shards=4)  # a producer uploading four shards; nobody calls run
         with fs.open_output_stream("shards/digits/zz-bad.parquet") as f:
             f.write(b"PAR1 not really parquet")  # a corrupt object beside the good ones
-        rec = wait_for(lambda: next((r for r in records.load_all(ws, "digits") if r["state"] == "decided"), None),
-                       300, "a data-triggered cycle from the bucket")
+        rec = wait_for(lambda: decided(ws, "data"), 300, "a data-triggered cycle from the bucket")
     finally:
         d.shutdown()
     assert (rec["trigger"], rec["decision"]) == ("data", "PROMOTED"), rec.get("reasons")

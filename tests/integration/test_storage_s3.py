@@ -13,21 +13,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def s3_uri(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never wait on a cloud metadata service
+def s3_uri(s3_server):
+    host, port = s3_server
     # Credentials in the URI reach Ray Train's workers with the filesystem; moto accepts any.
     uri = f"s3://test:test@plaster-it/prod?endpoint_override=http://{host}:{port}&region=us-east-1"
     import pyarrow.fs as pafs
 
     fs, _ = pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
     fs.create_dir("plaster-it")
-    yield uri
-    server.stop()
+    return uri
 
 
 def test_a_cycle_keeps_checkpoints_engines_and_its_record_in_s3(home, digits, s3_uri):

@@ -3,24 +3,14 @@ new shards that moved beyond schedule.drift_threshold start a cycle even below
 ingest.min_new_rows, and the scorecard shows the drift row."""
 
 import re
-import time
 
 import pytest
+from polling import decided, wait_for
 
 from orchestrator import api, scheduler
-from orchestrator import record as records
 from orchestrator.workspace import Workspace
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(pred, timeout: float, what: str):
-    end = time.time() + timeout
-    while time.time() < end:
-        if (got := pred()) is not None:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_drift_starts_a_cycle_and_the_scorecard_and_report_show_it(home, digits, tmp_path):
@@ -48,9 +38,7 @@ def test_drift_starts_a_cycle_and_the_scorecard_and_report_show_it(home, digits,
     yaml_file.write_text(text + "\nschedule: {poll_seconds: 1, drift_threshold: 2.0}\n")
     d = scheduler.Daemon([digits]).start()
     try:
-        rec = wait_for(lambda: next((r for r in records.load_all(ws, "digits")
-                                     if r["trigger"] == "drift" and r["state"] == "decided"), None),
-                       300, "a drift-triggered cycle")
+        rec = wait_for(lambda: decided(ws, "drift"), 300, "a drift-triggered cycle")
     finally:
         d.shutdown()
     snap = rec["stages"]["ingest"]["output"]
