@@ -8,7 +8,7 @@ export PLASTER_HOME ?= $(CURDIR)/.plaster
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo lint test test-unit bench bench-heavy bench-warm-start bench-soak bench-gate bench-serve faults clean-home
+.PHONY: setup demo lint test test-unit bench bench-heavy bench-warm-start bench-soak bench-gate bench-serve bench-scale faults clean-home
 
 setup: $(STAMP)
 
@@ -55,6 +55,9 @@ bench-gate: setup
 
 bench-serve: setup
 	$(BIN)/python benchmarks/serve.py
+
+bench-scale: setup
+	$(BIN)/python benchmarks/scale.py
 
 faults: setup
 	$(BIN)/python benchmarks/faults.py
