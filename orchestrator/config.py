@@ -200,7 +200,9 @@ class ValidateConfig(_Strict):
     calls_per_round: int = Field(10, ge=1, description="timed calls per engine in each round")
     warmup: int = Field(20, ge=0, description="untimed calls per engine first")
     energy_seconds: float = Field(1.0, gt=0, description="length of the energy run where a counter exists")
-    max_precision_drop: float = Field(0.01, ge=0, description="accuracy a lower precision may lose vs FP32")
+    max_precision_drop: float = Field(
+        0.01, ge=0, description="how much of the task's primary metric a lower precision may lose vs FP32, in the "
+                                "metric's units (accuracy, micro_f1: a fraction; mae, rmse: the target's units)")
 
     @field_validator("latency_batches", "throughput_batches")
     @classmethod
