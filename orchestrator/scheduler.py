@@ -173,8 +173,10 @@ class Daemon:
             self.say(f"{p.name}: cycle failed: {e}")
             return None
         self.cycles_run += 1
-        self.metrics.observe_cycle(rec)
+        # The champion gauge first: a scrape that sees this cycle's decision counted also sees
+        # the version it made champion (CI caught the other order between the two).
         self._observe_champion(p.name)
+        self.metrics.observe_cycle(rec)
         self.say(f"{p.name}: {rec['decision'] or rec['state']}" + (f" v{rec['version']}" if rec.get("version") else "")
                  + (f" in {rec['cycle_time_s']:.1f}s" if rec.get("cycle_time_s") else ""))
         return rec

@@ -106,7 +106,7 @@ def located(plan: dict[str, Any], bucket) -> dict[str, Any]:
     return {**plan, "new": [where[p] for p in plan["new"]], "replay": [where[p] for p in plan["replay"]]}
 
 
-def dataset(plan: dict[str, Any], inputs, target, cpus_per_task: float = 0.25):
+def dataset(plan: dict[str, Any], inputs, target, cpus_per_task: float = 0.25, readers: int = 2):
     """The training rows as a Ray Data dataset (lazy: nothing is read until iterated): one
     item per file, each read by a task as a stream of row groups.
 
@@ -119,13 +119,17 @@ def dataset(plan: dict[str, Any], inputs, target, cpus_per_task: float = 0.25):
 
     # One line per epoch from Ray Data's executor is noise beside plaster's own progress lines.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.eager_free = True  # a block the loop has taken is freed at once, not when the store fills
     files = plan["new"] + plan["replay"]
     wanted = [c for i in inputs for c in i.parquet_columns] + list(target.columns)
     fn = partial(_read_files, inputs=inputs, target=target, wanted=wanted, new=frozenset(plan["new"]),
                  drop_below=plan["drop_below"])
+    # At most `readers` files in flight: every file's task at once ran ahead of the loop and
+    # filled the object store, so memory grew with the number of files (benchmarks/scale.py).
     return ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files)).map_batches(
-        fn, batch_size=1, batch_format="numpy", num_cpus=cpus_per_task)
+        fn, batch_size=1, batch_format="numpy", num_cpus=cpus_per_task, concurrency=readers)
 
 
 class InMemory:
