@@ -57,20 +57,9 @@ class Case:
 
 
 def good_columns(p, n: int = 3) -> dict:
-    cols = {}
-    for i in p.inputs:
-        if i.columns:
-            cols.update({c: np.arange(n, dtype=np.float64) for c in i.columns})
-        else:
-            cols[i.column] = np.ones((n, *i.shape), dtype=i.dtype)
-    t = p.target
-    if t.task == "classification":
-        cols[t.columns[0]] = np.arange(n, dtype=np.int64) % t.num_classes
-    elif t.task == "regression":
-        cols.update({c: np.linspace(50.0, 150.0, n) for c in t.columns})
-    else:
-        cols[t.columns[0]] = np.eye(t.outputs, dtype=np.int64)[np.arange(n) % t.outputs]
-    return cols
+    from orchestrator.dataset import example_columns
+
+    return example_columns(p, n, fill=1)
 
 
 def shard_cases(p) -> list[tuple[str, dict, tuple[str, ...]]]:

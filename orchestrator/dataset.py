@@ -209,6 +209,25 @@ def write_shard(path: Path, x: np.ndarray, y: np.ndarray, feature_column: str = 
     tmp.rename(path)
 
 
+def example_columns(pipeline, n: int = 3, fill: int = 0) -> dict:
+    """n valid rows of a pipeline's declared columns (list columns filled with `fill`), for
+    writing shards that break one rule at a time in tests and benchmarks/bad_inputs.py."""
+    cols = {}
+    for i in pipeline.inputs:
+        if i.columns:
+            cols.update({c: np.arange(n, dtype=np.float64) for c in i.columns})
+        else:
+            cols[i.column] = np.full((n, *i.shape), fill, dtype=i.dtype)
+    t = pipeline.target
+    if t.task == "classification":
+        cols[t.columns[0]] = np.arange(n, dtype=np.int64) % t.num_classes
+    elif t.task == "regression":
+        cols.update({c: np.linspace(50.0, 150.0, n) for c in t.columns})
+    else:
+        cols[t.columns[0]] = np.eye(t.outputs, dtype=np.int64)[np.arange(n) % t.outputs]
+    return cols
+
+
 def write_columns(path: Path, columns: dict) -> None:
     """Write one Parquet shard from named columns, atomically (a temporary name, then a
     rename), so ingest never reads a half-written shard. A 1-d array is a scalar column of

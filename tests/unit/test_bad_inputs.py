@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.config import load_pipeline
-from orchestrator.dataset import ShardInvalid, read_shard, write_columns
+from orchestrator.dataset import ShardInvalid, example_columns, read_shard, write_columns
 from orchestrator.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,21 +29,7 @@ def pipelines():
 
 
 def good_columns(p, n: int = 3) -> dict:
-    """n valid rows of the pipeline's declared columns."""
-    cols = {}
-    for i in p.inputs:
-        if i.columns:
-            cols.update({c: np.arange(n, dtype=np.float64) for c in i.columns})
-        else:
-            cols[i.column] = np.zeros((n, *i.shape), dtype=i.dtype)
-    t = p.target
-    if t.task == "classification":
-        cols[t.columns[0]] = np.arange(n, dtype=np.int64) % t.num_classes
-    elif t.task == "regression":
-        cols.update({c: np.linspace(50.0, 150.0, n) for c in t.columns})
-    else:
-        cols[t.columns[0]] = np.eye(t.outputs, dtype=np.int64)[np.arange(n) % t.outputs]
-    return cols
+    return example_columns(p, n, fill=0)
 
 
 def shard(tmp_path, p, **replace) -> Path:
