@@ -742,10 +742,12 @@ def _bad_shards(folder: Path, good: Path) -> dict[str, tuple[Path, str | None]]:
     dup = folder / "bad-duplicate.parquet"  # sorts before the original and arrives after it
     shutil.copyfile(good, dup)
     out["duplicate"] = (dup, "duplicate")
+    # A folder named like a shard is a dataset (what Spark writes) and its part files are read;
+    # one whose write produced no data files (only its _SUCCESS marker) is the bad case.
     d = folder / "bad-folder.parquet"
     d.mkdir()
-    pq.write_table(pa.table({"pixels": pa.array(px, type=f32), "label": pa.array(labels)}), d / "part-0.parquet")
-    out["folder-named-parquet"] = (d, "not a file")
+    (d / "_SUCCESS").touch()
+    out["folder-named-parquet"] = (d, "holds no data files")
     return out
 
 

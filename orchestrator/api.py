@@ -66,6 +66,7 @@ def status(folder: str | Path, last: int = 10, registry=None) -> dict[str, Any]:
             "stage_seconds": {n: s["seconds"] for n, s in r["stages"].items()},
             "cycle_time_s": r["cycle_time_s"], "data_to_live_s": r["data_to_live_s"],
             "quarantined": [{"name": q["name"], "reason": q["reason"], "moved_to": q["moved_to"]} for q in r["quarantined"]],
+            "skipped": r.get("skipped", []),  # records from before it have none
             "error": r["error"], "run_id": r["run_id"],
         })
     return secrets.mask_obj({
@@ -81,6 +82,10 @@ def simulate(folder: str | Path, shards: int, shuffle_labels: bool = False) -> l
     if not sim.is_file():
         raise ConfigError(f"{pipeline.folder} has no simulate.py: only reference pipelines ship a data simulator; "
                           f"drop your own Parquet shards into {pipeline.source}")
+    if pipeline.table_format != "parquet":  # a lake table: the simulator commits new versions to the table itself
+        table = {"catalog": pipeline.catalog} if pipeline.table_format == "iceberg" else {}
+        return pipeline.module("simulate.py").simulate(pipeline.source_uri, pipeline.golden, shards,
+                                                       shuffle_labels=shuffle_labels, **table)
     bucket = pipeline.bucket
     if bucket is None:
         return pipeline.module("simulate.py").simulate(pipeline.source, pipeline.golden, shards,

@@ -96,6 +96,9 @@ class Snapshot:
     # Set when the new data is too large to hold (stream.py): the files Ray Data streams to
     # training. train_file then holds a capped sample of the training rows, not all of them.
     train_manifest: dict[str, Any] | None = None
+    # (name, reason) of the source's entries left in place and not learned: writer debris,
+    # files still being written, files that vanished mid-cycle, bad entries that could not be moved.
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def oldest_arrival(self) -> float | None:

@@ -86,11 +86,55 @@ class TargetConfig(_Strict):
     num_labels: int | None = Field(None, ge=1, description="multilabel: the width of each row's 0/1 list")
 
 
+_FILTER_OPS = ("=", "==", "!=", "<", "<=", ">", ">=", "in", "not in")
+
+
+class PartitionsConfig(_Strict):
+    """Hive partitions (`key=value` folders, as Spark and pyarrow write them) of data.source."""
+
+    filter: list = Field(
+        default_factory=list, description="prune files by partition value when the source is listed, in pyarrow's "
+        "`filters` form: [[key, op, value], ...] (all must hold) or a list of such lists (any may hold); op is one "
+        "of = != < <= > >= in, not in; e.g. [[day, '>=', '2026-12-01']]. A pruned file is neither learned nor "
+        "reported; a file without the key is pruned")
+
+    @field_validator("filter")
+    @classmethod
+    def _dnf(cls, v: list) -> list:
+        import datetime
+
+        def term(t) -> tuple:
+            if not (isinstance(t, (list, tuple)) and len(t) == 3 and isinstance(t[0], str) and t[1] in _FILTER_OPS):
+                raise ValueError(f"{t!r} is not [key, op, value] with op one of {', '.join(_FILTER_OPS)}")
+            key, op, value = t
+            many = op in ("in", "not in")
+            if many != isinstance(value, (list, tuple)):
+                raise ValueError(f"{t!r}: 'in' and 'not in' take a list of values, the other ops one value")
+            as_text = (lambda x: x.isoformat() if isinstance(x, (datetime.date, datetime.datetime)) else x)
+            value = tuple(as_text(x) for x in value) if many else as_text(value)  # YAML reads 2026-12-01 as a date
+            return key, op, value
+
+        if v and all(isinstance(c, (list, tuple)) and c and isinstance(c[0], (list, tuple)) for c in v):
+            return [[term(t) for t in conj] for conj in v]
+        return [[term(t) for t in v]] if v else []
+
+
 class DataConfig(_Strict):
     source: str = Field(description="folder of Parquet shards, or a bucket (s3://bucket/prefix, gs://...); "
                         "${PLASTER_HOME} and env vars expand")
+    format: Literal["auto", "parquet", "delta", "iceberg"] = Field(
+        "auto", description="how data.source is read: parquet (a folder or bucket of Parquet files), delta (a Delta Lake "
+                            "table's folder or bucket prefix; auto when it holds _delta_log/) or iceberg (data.source is "
+                            "then namespace.table in data.catalog); in a table, new data is what versions after the "
+                            "champion's added")
+    catalog: dict[str, str] | None = Field(
+        None, description="iceberg: pyiceberg catalog properties (type, uri, warehouse, s3.endpoint, ...); default a SQL "
+                          "catalog on SQLite under ${PLASTER_HOME}/iceberg; values expand env vars")
     golden: str | None = Field(None, description="Parquet file: fixed holdout of the original distribution")
     slices: dict[str, str] = Field(default_factory=dict, description="more named holdout Parquet files to judge on")
+    partitions: PartitionsConfig = Field(
+        default_factory=PartitionsConfig, description="data.source is read as a Parquet dataset: nested folders, and "
+        "Hive key=value folders whose values become columns (int64, float64 or string) a pipeline may name")
     inputs: dict[str, InputConfig] | None = Field(None, min_length=1, description="named model inputs, in the order "
                                                                                  "the ONNX graph takes them")
     target: TargetConfig | None = Field(None, description="what to predict (with task)")
@@ -121,6 +165,10 @@ class IngestConfig(_Strict):
                                      "holding them in memory (null: never by rows)")
     stream_above_bytes: int | None = Field(
         256 * 2**20, ge=1, description="more bytes of new Parquet than this: stream too (null: never by size)")
+    settle_s: float = Field(
+        0.0, ge=0, description="a data file modified less than this many seconds ago is left for the next cycle (a "
+                               "writer that writes in place, not by rename); a file whose size or modification time "
+                               "changes while the source is listed always is")
     holdout_max_rows: int = Field(
         50_000, ge=100, description="when streaming: the holdout, the validation split and the training sample kept "
                                     "in memory are each capped near this many rows, whatever the data's size")
@@ -361,10 +409,34 @@ class Pipeline:
 
     @property
     def bucket(self):
-        """The data source's bucket (sources.Bucket), or None for a folder."""
+        """The data source's bucket (sources.Bucket), or None for a folder or a lake table."""
         from orchestrator.sources import Bucket, is_bucket
 
-        return Bucket(self.source_uri) if is_bucket(self.source_uri) else None
+        return Bucket(self.source_uri) if is_bucket(self.source_uri) and self.table_format == "parquet" else None
+
+    @property
+    def table_format(self) -> str:
+        """parquet, delta or iceberg: data.format, with auto resolved (a source holding _delta_log/ is a Delta table)."""
+        fmt = self.config.data.format
+        if fmt != "auto":
+            return fmt
+        if self.source_uri not in _DETECTED:  # a bucket listing per poll would be wasted: tables do not change kind
+            from orchestrator import lake
+
+            _DETECTED[self.source_uri] = lake.detect(self.source_uri)
+        return _DETECTED[self.source_uri]
+
+    def table(self):
+        """The lake table data.source names (lake.Table); only for data.format delta or iceberg."""
+        from orchestrator import lake
+        from orchestrator.workspace import Workspace
+
+        return lake.open_table(self.table_format, self.source_uri, home=Workspace.from_env().home, catalog=self.catalog)
+
+    @property
+    def catalog(self) -> dict[str, str] | None:
+        """data.catalog with env vars expanded (None: the embedded SQL catalog)."""
+        return {k: _expand(v, f"data.catalog.{k}") for k, v in (self.config.data.catalog or {}).items()} or None
 
     @property
     def source(self) -> Path:
@@ -397,6 +469,9 @@ class Pipeline:
 
     def module(self, filename: str = "model.py") -> ModuleType:
         return load_module(self.folder / filename)
+
+
+_DETECTED: dict[str, str] = {}
 
 
 def _expand(value: str, key: str) -> str:

@@ -84,7 +84,7 @@ class Cycle:
             "id": cycle_id, "pipeline": pipeline.name, "state": records.RUNNING, "trigger": trigger,
             "started_at": time.time(), "decided_at": None, "decision": None, "reasons": [],
             "run_id": run_id, "tracking_uri": getattr(registry, "tracking_uri", ""),
-            "stages": {}, "cycle_time_s": None, "data_to_live_s": None, "quarantined": [],
+            "stages": {}, "cycle_time_s": None, "data_to_live_s": None, "quarantined": [], "skipped": [],
             "version": None, "champion_before": None, "error": None, "resumes": 0,
         }
         registry.log_params(run_id, {"pipeline_folder": str(pipeline.folder),
@@ -180,6 +180,8 @@ class Cycle:
                                            "output": to_dict(out)}
             if name == "ingest":
                 self.record["quarantined"] = [to_dict(q) for q in out.quarantined]
+                # Entries of the source left in place (debris, still being written, vanished, unmovable), with why.
+                self.record["skipped"] = [{"name": n, "reason": r} for n, r in out.skipped]
             self._persist()  # first: the stage's output is kept even if the registry is down now
             try:
                 self.registry.log_metrics(self.record["run_id"], {f"stage_{name}_s": seconds})

@@ -19,34 +19,63 @@ class ShardInvalid(Exception):
 Inputs = dict[str, np.ndarray]  # model inputs by name, each (n, *shape)
 
 
-def read_shard(path: Path, inputs: tuple[InputSpec, ...], target: TargetSpec) -> tuple[Inputs, np.ndarray]:
+def read_shard(path: Path, inputs: tuple[InputSpec, ...], target: TargetSpec,
+               partitions: dict[str, str | None] | None = None) -> tuple[Inputs, np.ndarray]:
     """Return (inputs by name, targets): each input (n, *shape) of its dtype; targets int64 (n,)
-    class ids, float32 (n, targets) values or float32 (n, num_labels) 0/1.
+    class ids, float32 (n, targets) values or float32 (n, num_labels) 0/1. `partitions`: the
+    file's Hive partition values (listing.scan), added as columns first (with_partitions).
 
     Raises:
         ShardInvalid: with a one-line reason naming the column, what is wrong and what was expected.
+        FileNotFoundError: the file is gone (moved or deleted since it was listed): not a defect of it.
     """
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
+    except FileNotFoundError:
+        raise
     except Exception as e:  # pyarrow raises several kinds for a damaged file
         raise ShardInvalid(f"not a readable Parquet file ({type(e).__name__}: {str(e)[:160]})") from None
-    return decode(table, inputs, target)
+    return decode(with_partitions(table, partitions), inputs, target)
 
 
-def read_row_groups(path: Path, groups: list[int], inputs: tuple[InputSpec, ...],
-                    target: TargetSpec) -> tuple[Inputs, np.ndarray]:
+def read_row_groups(path: Path, groups: list[int], inputs: tuple[InputSpec, ...], target: TargetSpec,
+                    partitions: dict[str, str | None] | None = None) -> tuple[Inputs, np.ndarray]:
     """Only these row groups of a shard, and only the declared columns: what replay drew,
     without reading the rest of the file (its footer says where each group lies)."""
     import pyarrow.parquet as pq
 
     wanted = [c for i in inputs for c in i.parquet_columns] + list(target.columns)
     try:
-        table = pq.ParquetFile(path).read_row_groups(groups, columns=wanted)
+        f = pq.ParquetFile(path)
+        # A partition column is not in the file; a missing one is decode's schema error, not pyarrow's.
+        table = f.read_row_groups(groups, columns=[c for c in wanted if c in f.schema_arrow.names])
+    except FileNotFoundError:
+        raise
     except Exception as e:
         raise ShardInvalid(f"not a readable Parquet file ({type(e).__name__}: {str(e)[:160]})") from None
-    return decode(table, inputs, target)
+    return decode(with_partitions(table, partitions), inputs, target)
+
+
+def with_partitions(table, partitions: dict[str, str | None] | None):
+    """The file's Hive partition values as constant columns, typed as listing.typed says (int64,
+    float64, else string; the null partition as float64 nulls, which decode refuses by name),
+    so a pipeline can name a partition key as an input or target column. A column the file
+    holds itself wins: Spark never writes the partition column into the file."""
+    if not partitions:
+        return table
+    import pyarrow as pa
+
+    from orchestrator.listing import typed
+
+    for key, raw in partitions.items():
+        if key in table.column_names:
+            continue
+        v = typed(raw)
+        kind = pa.int64() if isinstance(v, int) else pa.string() if isinstance(v, str) else pa.float64()
+        table = table.append_column(key, pa.repeat(pa.scalar(v, kind), table.num_rows))
+    return table
 
 
 def decode(table, inputs: tuple[InputSpec, ...], target: TargetSpec) -> tuple[Inputs, np.ndarray]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.tasks import show, show_diff
@@ -21,6 +22,14 @@ def _num(v: float | None, fmt: str = "{:.3f}") -> str:
 
 def _ci_pp(ci) -> str:
     return f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
+def _skipped(entries: list[dict], keep: int = 20) -> list[str]:
+    """Entries of the source left in place, with why; a long list (a Spark dataset's .crc
+    files) is cut, the rest are in the record and `--json`."""
+    out = [f"[dim]skipped[/] {escape(e['name'])}: {escape(e['reason'])}" for e in entries[:keep]]
+    return out + ([f"[dim]… {len(entries) - keep} more skipped (see --json or the cycle record)[/]"]
+                  if len(entries) > keep else [])
 
 
 def scorecard(console: Console, sc: dict[str, Any]) -> None:
@@ -96,7 +105,9 @@ def outcome(console: Console, rec: dict[str, Any]) -> None:
     if sc:
         scorecard(console, sc)
     for q in rec["quarantined"]:
-        console.print(f"[yellow]quarantined[/] {q['name']}: {q['reason']} → {q['moved_to']}")
+        console.print(f"[yellow]quarantined[/] {escape(q['name'])}: {escape(q['reason'])} → {escape(q['moved_to'])}")
+    for line in _skipped(rec.get("skipped", [])):
+        console.print(line)
     stages = "  ".join(f"{n} {s['seconds']:.1f}s" for n, s in rec["stages"].items())
     colour = {"PROMOTED": "green", "REJECTED": "red", "SKIPPED": "yellow", "HELD": "yellow"}.get(rec["decision"], "white")
     console.print(f"[bold {colour}]{rec['decision']}[/]" + (f" v{rec['version']}" if rec["version"] else "")
@@ -123,7 +134,10 @@ def status(console: Console, st: dict[str, Any]) -> None:
     for c in st["cycles"]:
         stages = " ".join(f"{k[:3]} {v:.1f}" for k, v in c["stage_seconds"].items())
         if c["quarantined"]:
-            stages += "\n" + "\n".join(f"[yellow]quarantined[/] {q['name']}: {q['reason']}" for q in c["quarantined"])
+            stages += "\n" + "\n".join(f"[yellow]quarantined[/] {escape(q['name'])}: {escape(q['reason'])}"
+                                       for q in c["quarantined"])
+        if c.get("skipped"):
+            stages += "\n" + "\n".join(_skipped(c["skipped"]))
         t.add_row(c["id"], c["decision"] or c["state"], c["version"] or "—", _num(c["cycle_time_s"], "{:.1f}s"),
                   _num(c["data_to_live_s"], "{:.1f}s"), stages)
     console.print(t)

@@ -12,12 +12,12 @@ the snapshot) names the files and the bands; nothing here touches the registry o
 from __future__ import annotations
 
 from functools import partial
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any, Iterator
 
 import numpy as np
 
-from orchestrator.dataset import decode
+from orchestrator.dataset import decode, with_partitions
 
 _FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 
@@ -57,10 +57,15 @@ def split_bands(cfg, new_rows: int) -> tuple[float, float, float]:
     return hold, val, sample
 
 
-def manifest(new: list[str], replay: list[str], hold: float, val: float, train_rows: int) -> dict[str, Any]:
+def manifest(new: list[str], replay: list[str], hold: float, val: float, train_rows: int,
+             partitions: dict[str, dict] | None = None) -> dict[str, Any]:
     """What training reads: new shards (rows with band >= hold + val) and replayed learned
-    shards (every row), by path."""
-    return {"new": list(new), "replay": list(replay), "drop_below": hold + val, "train_rows": int(train_rows)}
+    shards (every row), by path; `partitions`: the Hive partition values of the files that
+    have any (listing.scan), which every read adds as columns (dataset.with_partitions)."""
+    plan = {"new": list(new), "replay": list(replay), "drop_below": hold + val, "train_rows": int(train_rows)}
+    if partitions:
+        plan["partitions"] = {p: v for p, v in partitions.items() if v and p in set(new) | set(replay)}
+    return plan
 
 
 def _training_rows(table, inputs, target, is_new: bool, drop_below: float) -> dict[str, np.ndarray]:
@@ -74,15 +79,18 @@ def _training_rows(table, inputs, target, is_new: bool, drop_below: float) -> di
 
 
 def _read_files(batch: dict, inputs, target, wanted: list[str], new: frozenset[str],
-                drop_below: float) -> Iterator[dict[str, np.ndarray]]:
+                drop_below: float, partitions: dict[str, dict] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """A Ray Data task: the files named in `batch`, one row group at a time (a task holds one
     group, however large the shard)."""
     import pyarrow.parquet as pq
 
     for path in batch["path"]:
         f = pq.ParquetFile(_open(str(path)))
+        parts = (partitions or {}).get(str(path))
+        columns = [c for c in wanted if c in f.schema_arrow.names]  # partition columns come from the path
         for g in range(f.num_row_groups):
-            yield _training_rows(f.read_row_group(g, columns=wanted), inputs, target, str(path) in new, drop_below)
+            table = with_partitions(f.read_row_group(g, columns=columns), parts)
+            yield _training_rows(table, inputs, target, str(path) in new, drop_below)
 
 
 def _open(location: str):
@@ -96,14 +104,23 @@ def _open(location: str):
     return fs.open_input_file(path)
 
 
-def located(plan: dict[str, Any], bucket) -> dict[str, Any]:
+def located(plan: dict[str, Any], bucket, mirror: Path | None = None) -> dict[str, Any]:
     """The plan with each shard at the place every node can read: for a bucket source its
-    object URI (the mirror is on the driver's disk only); a folder source as it is (on a
-    cluster, a folder every node mounts)."""
+    object URI (the mirror is on the driver's disk only; a shard's path inside `mirror` is its
+    object's key under the prefix); a folder source as it is (on a cluster, a folder every
+    node mounts)."""
     if bucket is None:
         return plan
-    where = {p: bucket.object_uri(PurePath(p).name) for p in plan["new"] + plan["replay"]}
-    return {**plan, "new": [where[p] for p in plan["new"]], "replay": [where[p] for p in plan["replay"]]}
+
+    def key(p: str) -> str:
+        inside = mirror is not None and PurePath(p).is_relative_to(mirror)
+        return PurePath(p).relative_to(mirror).as_posix() if inside else PurePath(p).name
+
+    where = {p: bucket.object_uri(key(p)) for p in plan["new"] + plan["replay"]}
+    out = {**plan, "new": [where[p] for p in plan["new"]], "replay": [where[p] for p in plan["replay"]]}
+    if plan.get("partitions"):
+        out["partitions"] = {where[p]: v for p, v in plan["partitions"].items() if p in where}
+    return out
 
 
 def dataset(plan: dict[str, Any], inputs, target, cpus_per_task: float = 0.25, readers: int = 2):
@@ -125,7 +142,7 @@ def dataset(plan: dict[str, Any], inputs, target, cpus_per_task: float = 0.25, r
     files = plan["new"] + plan["replay"]
     wanted = [c for i in inputs for c in i.parquet_columns] + list(target.columns)
     fn = partial(_read_files, inputs=inputs, target=target, wanted=wanted, new=frozenset(plan["new"]),
-                 drop_below=plan["drop_below"])
+                 drop_below=plan["drop_below"], partitions=plan.get("partitions"))
     # At most `readers` files in flight: every file's task at once ran ahead of the loop and
     # filled the object store, so memory grew with the number of files (benchmarks/scale.py).
     return ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files)).map_batches(

@@ -468,7 +468,7 @@ def _streamed_rows(ctx: StageContext, plan: dict):
     from orchestrator.stream import dataset, located
 
     ensure_ray(ctx.workspace)
-    return dataset(located(plan, ctx.pipeline.bucket), ctx.pipeline.inputs, ctx.pipeline.target)
+    return dataset(located(plan, ctx.pipeline.bucket, ctx.pipeline.source), ctx.pipeline.inputs, ctx.pipeline.target)
 
 
 def _log_history(ctx: StageContext, history) -> None:

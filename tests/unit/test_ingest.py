@@ -120,7 +120,9 @@ def test_the_heavy_workload_simulates_from_a_copy_of_its_folder(home, tmp_path):
 def test_more_bad_shards_are_quarantined_with_a_reason_naming_the_defect(stream, home):
     """The fault suite's bad shards that the first checks let through or misnamed: null
     feature rows, labels past int64 (read as negative before), values beyond float32, a copy
-    of a shard under another name, and a folder named like a shard. An extra column is fine."""
+    of a shard under another name. A folder named like a shard is a dataset (what Spark
+    writes): its part file is read, here a copy of a good shard, so a duplicate, moved aside
+    keeping its path. An extra column is fine."""
     digits, good = stream
     src = good[0].parent
     f32 = pa.list_(pa.float32())
@@ -138,12 +140,14 @@ def test_more_bad_shards_are_quarantined_with_a_reason_naming_the_defect(stream,
     snap = ingest.run(context(home, digits))
 
     reasons = {q.name: q.reason for q in snap.quarantined}
-    assert set(reasons) == {"a-null-row.parquet", "a-u64.parquet", "a-huge.parquet", "a-folder.parquet",
-                            "a-copy.parquet"}
+    assert set(reasons) == {"a-null-row.parquet", "a-u64.parquet", "a-huge.parquet",
+                            "a-folder.parquet/part-0.parquet", "a-copy.parquet"}
     assert "null" in reasons["a-null-row.parquet"] and "row 1" in reasons["a-null-row.parquet"]
     assert "9223372036854775813 outside 0..9" in reasons["a-u64.parquet"]
     assert "beyond float32" in reasons["a-huge.parquet"]
-    assert "not a file" in reasons["a-folder.parquet"] and (src / "_quarantine" / "a-folder.parquet").is_dir()
+    in_folder = reasons["a-folder.parquet/part-0.parquet"]
+    assert "duplicate" in in_folder and good[0].name in in_folder
+    assert (src / "_quarantine" / "a-folder.parquet" / "part-0.parquet").read_bytes() == good[0].read_bytes()
     assert "duplicate" in reasons["a-copy.parquet"] and good[1].name in reasons["a-copy.parquet"]
     assert (src / "_quarantine" / "a-copy.parquet").read_bytes() == copy_bytes
     reason_file = src / "_quarantine" / "a-copy.parquet.reason.json"
