@@ -3,7 +3,7 @@ each reference pipeline that declares what it breaks, in the three places it can
 
 - ingest: a Parquet shard written with the pipeline's columns and one defect, read by
   `dataset.read_shard` (its ShardInvalid message is the quarantine reason), then moved aside
-  by `stages.ingest.quarantine`; the moved file must be byte for byte the shard written;
+  by `folder_source.quarantine`; the moved file must be byte for byte the shard written;
 - validate-config: a copy of the pipeline folder with one defect in model.py or
   pipeline.yaml, loaded by `config.load_pipeline` (what `plaster validate-config` runs);
 - serving: a request body with one defect, parsed by `serving.parse_inputs` (the server

@@ -67,6 +67,7 @@ def status(folder: str | Path, last: int = 10, registry=None) -> dict[str, Any]:
             "cycle_time_s": r["cycle_time_s"], "data_to_live_s": r["data_to_live_s"],
             "quarantined": [{"name": q["name"], "reason": q["reason"], "moved_to": q["moved_to"]} for q in r["quarantined"]],
             "skipped": r.get("skipped", []),  # records from before it have none
+            "table": r.get("table"),  # a lake table source: the version read
             "error": r["error"], "run_id": r["run_id"],
         })
     return secrets.mask_obj({

@@ -99,6 +99,10 @@ class Snapshot:
     # (name, reason) of the source's entries left in place and not learned: writer debris,
     # files still being written, files that vanished mid-cycle, bad entries that could not be moved.
     skipped: tuple[tuple[str, str], ...] = ()
+    # A lake table source (table_source.py): its format, address, the version read and the
+    # champion's (since), what the versions between added, deleted and rewrote; the declared
+    # columns' types. Lineage keeps it, so the next cycle learns only later versions.
+    table: dict[str, Any] | None = None
 
     @property
     def oldest_arrival(self) -> float | None:

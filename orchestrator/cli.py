@@ -155,7 +155,8 @@ def simulate(pipeline: Path, shards: int = typer.Option(4, help="how many shards
     from orchestrator import api
 
     paths = _guard(lambda: api.simulate(pipeline, shards, shuffle_labels))
-    console.print(f"wrote {len(paths)} shard(s): " + ", ".join(p.name for p in paths))
+    # A folder source answers with the shard files; a lake table with the versions committed.
+    console.print(f"wrote {len(paths)} shard(s): " + ", ".join(getattr(p, "name", str(p)) for p in paths))
 
 
 GATE_EXIT = {"PROMOTE": 0, "REJECT": 1, "HOLD": 2}

@@ -182,6 +182,8 @@ class Cycle:
                 self.record["quarantined"] = [to_dict(q) for q in out.quarantined]
                 # Entries of the source left in place (debris, still being written, vanished, unmovable), with why.
                 self.record["skipped"] = [{"name": n, "reason": r} for n, r in out.skipped]
+                if out.table:  # a lake table: the version this cycle read, for status, history and lineage
+                    self.record["table"] = out.table
             self._persist()  # first: the stage's output is kept even if the registry is down now
             try:
                 self.registry.log_metrics(self.record["run_id"], {f"stage_{name}_s": seconds})

@@ -139,3 +139,12 @@ def impossible(reference: dict[str, Any] | None, x: dict[str, np.ndarray], input
                         f"training data (std {ref['std']:.3g}, no value in over half the rows): fix the producer "
                         "of this shard, then drop it into data.source again")
     return None
+
+
+def champion_profile(champion) -> dict[str, Any] | None:
+    """The champion's training-data profile from its bundle; None for versions older than it."""
+    import json
+    from pathlib import Path
+
+    f = Path(champion.folder) / "profile.json" if champion else None
+    return json.loads(f.read_text()) if f and f.is_file() else None

@@ -37,7 +37,7 @@ class TableFile:
     rows: int                # from the log / manifest (no file read)
     size: int
     partition: dict[str, str | None] = field(hash=False)  # values as the log writes them; None for a null partition
-    added_in: int            # the version / snapshot id that added it (see Table.changes for old files)
+    added_in: int            # the version / snapshot id that added it (Delta: at or before, once its commit left the log)
 
 
 @dataclass(frozen=True)
@@ -67,16 +67,22 @@ class Table(ABC):
     def current(self) -> int: ...
 
     @abstractmethod
-    def changes(self, since: int | None) -> Changes: ...
+    def changes(self, since: int | None) -> Changes:
+        """The commits after `since` up to the current version. Appends (and overwrites, CREATE) add new
+        rows; compactions and deletes add none, but a file rewritten from rows added after `since` stays
+        new. since=None: every live file is new."""
 
     @abstractmethod
-    def files_at(self, version: int) -> tuple[TableFile, ...]: ...
+    def files_at(self, version: int) -> tuple[TableFile, ...]:
+        """Time travel: the files live at `version`, refused once the log or the files are gone."""
 
     @abstractmethod
-    def read(self, f: TableFile, columns: list[str] | None = None): ...
+    def read(self, f: TableFile, columns: list[str] | None = None):
+        """That file's rows as a pyarrow.Table, partition columns included."""
 
     @abstractmethod
-    def schema(self): ...
+    def schema(self):
+        """The current pyarrow.Schema, partition columns included."""
 
 
 def open_table(fmt: str, source: str, *, home: Path, catalog: dict | None = None,

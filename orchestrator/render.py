@@ -100,6 +100,16 @@ def scorecard(console: Console, sc: dict[str, Any]) -> None:
     console.print(g)
 
 
+def table_line(t: dict[str, Any]) -> str:
+    """A lake table cycle in one line: the version read, what was new since the champion's."""
+    since = "the whole table" if t["since"] is None else f"since version {t['since']}"
+    line = (f"[cyan]{t['format']}[/] {escape(t['table'])} version {t['version']}: {t['added_rows']:,} new rows in "
+            f"{t['added_files']} file(s) {since}")
+    extra = [f"{t['deleted_rows']:,} rows deleted" if t.get("deleted_rows") else "",
+             f"{t['rewritten_files']} files rewritten (no new rows)" if t.get("rewritten_files") else ""]
+    return line + "".join(f"; {e}" for e in extra if e)
+
+
 def outcome(console: Console, rec: dict[str, Any]) -> None:
     sc = rec["stages"].get("validate", {}).get("output")
     if sc:
@@ -108,6 +118,8 @@ def outcome(console: Console, rec: dict[str, Any]) -> None:
         console.print(f"[yellow]quarantined[/] {escape(q['name'])}: {escape(q['reason'])} → {escape(q['moved_to'])}")
     for line in _skipped(rec.get("skipped", [])):
         console.print(line)
+    if rec.get("table"):
+        console.print(table_line(rec["table"]))
     stages = "  ".join(f"{n} {s['seconds']:.1f}s" for n, s in rec["stages"].items())
     colour = {"PROMOTED": "green", "REJECTED": "red", "SKIPPED": "yellow", "HELD": "yellow"}.get(rec["decision"], "white")
     console.print(f"[bold {colour}]{rec['decision']}[/]" + (f" v{rec['version']}" if rec["version"] else "")
@@ -138,6 +150,8 @@ def status(console: Console, st: dict[str, Any]) -> None:
                                        for q in c["quarantined"])
         if c.get("skipped"):
             stages += "\n" + "\n".join(_skipped(c["skipped"]))
+        if c.get("table"):
+            stages += "\n" + table_line(c["table"])
         t.add_row(c["id"], c["decision"] or c["state"], c["version"] or "—", _num(c["cycle_time_s"], "{:.1f}s"),
                   _num(c["data_to_live_s"], "{:.1f}s"), stages)
     console.print(t)

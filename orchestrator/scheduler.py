@@ -138,7 +138,7 @@ class Daemon:
         self._observe_champion(p.name)  # the alias may have moved without us (approve, rollback)
         champion = self.registry.champion(p.name, self.ws.home / "champions" / p.name)
         learned = set(self.registry.lineage(champion)) if champion else set()
-        rows, oldest = ingest.pending_of(p, learned)
+        rows, oldest = ingest.pending_of(p, learned, champion)
         if rows >= p.config.ingest.min_new_rows:
             return "data"
         stale = p.config.schedule.max_staleness

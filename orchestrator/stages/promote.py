@@ -45,7 +45,8 @@ def _bundle(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, engin
         "engine_cache_key": engine.cache_key, "machine": scorecard.machine, "cycle_id": ctx.cycle_id,
     }, indent=2))
     (folder / "lineage.json").write_text(json.dumps({"learned": list(snapshot.learned),
-                                                     "new": [s.sha256 for s in snapshot.new_shards]}, indent=2))
+                                                     "new": [s.sha256 for s in snapshot.new_shards],
+                                                     "table": snapshot.table}, indent=2))
     (folder / "scorecard.json").write_text(json.dumps(to_dict(scorecard), indent=2))
     if snapshot.profile_file:  # the next cycle measures its new data's drift against this
         shutil.copy(snapshot.profile_file, folder / "profile.json")

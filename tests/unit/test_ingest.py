@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from fakes import FakeRegistry, context, write_champion_folder
 
-from orchestrator import api
+from orchestrator import api, folder_source
 from orchestrator.artifacts import VersionRef, sha256_file
 from orchestrator.dataset import load_arrays
 from orchestrator.errors import DataError
@@ -165,7 +165,7 @@ def test_a_copy_of_a_learned_shard_is_a_duplicate_and_not_replayed_twice(stream,
     reg.champion_ref = VersionRef("1", "r", str(folder), "fp32", "onnxruntime")
     reg.learned = learned
     shutil.copyfile(good[0], good[0].parent / "again.parquet")
-    assert ingest.pending(good[0].parent, set()) == (500, ingest.pending(good[0].parent, set())[1])
+    assert folder_source.pending(good[0].parent, set()) == (500, folder_source.pending(good[0].parent, set())[1])
 
     snap = ingest.run(context(home, digits, reg))
 

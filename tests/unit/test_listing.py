@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from fakes import context
 
-from orchestrator import api, listing
+from orchestrator import api, folder_source, listing
 from orchestrator.dataset import read_shard, with_partitions
 from orchestrator.door import InputSpec, TargetSpec
 from orchestrator.stages import ingest
@@ -212,19 +212,19 @@ def test_a_shard_that_vanishes_mid_cycle_is_named_and_the_cycle_goes_on(stream, 
     extra = _write(good[0].parent / "leaving.parquet", n=3)
     seen = listing.scan(good[0].parent)
     extra.unlink()  # gone after the listing, before it is hashed and read
-    monkeypatch.setattr(ingest, "scan", lambda pipeline: seen)
+    monkeypatch.setattr(folder_source, "scan", lambda pipeline: seen)
     snap = ingest.run(context(home, digits))
     assert [s.name for s in snap.new_shards] == [p.name for p in good]
-    assert dict(snap.skipped)["leaving.parquet"] == ingest.VANISHED and snap.quarantined == ()
+    assert dict(snap.skipped)["leaving.parquet"] == folder_source.VANISHED and snap.quarantined == ()
 
 
 def test_pending_counts_partitioned_rows_and_skips_debris_and_files_still_written(stream, home):
     digits, good = stream
     src = good[0].parent
     _source(src)
-    rows, oldest = ingest.pending(src, set(), settle_s=60)
+    rows, oldest = folder_source.pending(src, set(), settle_s=60)
     assert rows == 500 + 3 + 4 + 5 + 6 + 2 and oldest is not None
-    assert ingest.pending(src, set(), [[("day", "=", "2026-12-01")]]) == (5, pytest.approx(OLD, abs=1))
+    assert folder_source.pending(src, set(), [[("day", "=", "2026-12-01")]]) == (5, pytest.approx(OLD, abs=1))
 
 
 def test_a_bucket_is_listed_recursively_with_the_same_rules_and_quarantined_keeping_keys(tmp_path):
@@ -253,7 +253,7 @@ def test_a_bucket_is_listed_recursively_with_the_same_rules_and_quarantined_keep
     assert s.skipped == [] and (mirror / "events.parquet" / "part-00000-a.snappy.parquet").read_bytes() == a.read_bytes()
     assert bucket.pending(mirror, set(), lambda p: None, [[("day", ">", "2026-12-01")]])[0] == 5
 
-    q = ingest.quarantine(mirror / "day=2026-12-02" / "part-00000.parquet", "ab" * 32, "a test reason", bucket, mirror)
+    q = folder_source.quarantine(mirror / "day=2026-12-02" / "part-00000.parquet", "ab" * 32, "a test reason", bucket, mirror)
     assert q.name == "day=2026-12-02/part-00000.parquet"
     assert q.moved_to == f"file://{store}/_quarantine/day=2026-12-02/part-00000.parquet"
     kept = store / "_quarantine" / "day=2026-12-02" / "part-00000.parquet"
