@@ -8,7 +8,7 @@ export PLASTER_HOME ?= $(CURDIR)/.plaster
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo lint test test-unit bench bench-heavy bench-warm-start bench-soak bench-gate bench-serve bench-scale faults clean-home
+.PHONY: setup demo demo-lake demo-iceberg lint test test-unit bench bench-heavy bench-warm-start bench-soak bench-gate bench-serve bench-scale faults clean-home
 
 setup: $(STAMP)
 
@@ -25,6 +25,21 @@ demo: setup
 	$(BIN)/plaster simulate pipelines/digits --shards 4
 	$(BIN)/plaster run pipelines/digits
 	$(BIN)/plaster status pipelines/digits
+
+# The lake reference pipelines: two cycles each, the second learning only the days appended after the first.
+demo-lake: setup
+	$(BIN)/plaster simulate pipelines/lake --shards 4
+	$(BIN)/plaster run pipelines/lake
+	$(BIN)/plaster simulate pipelines/lake --shards 4
+	$(BIN)/plaster run pipelines/lake
+	$(BIN)/plaster status pipelines/lake
+
+demo-iceberg: setup
+	$(BIN)/plaster simulate pipelines/iceberg --shards 4
+	$(BIN)/plaster run pipelines/iceberg
+	$(BIN)/plaster simulate pipelines/iceberg --shards 4
+	$(BIN)/plaster run pipelines/iceberg
+	$(BIN)/plaster status pipelines/iceberg
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -24,6 +24,16 @@ from orchestrator.workspace import Workspace
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def local_store_bytes() -> int | None:
+    """The object store of a local Ray: PLASTER_OBJECT_STORE_MIB (default 2048; 0 = Ray's own
+    default, 30% of RAM). Streaming keeps only a few blocks in flight, but the store's pages,
+    once touched, stay resident in every process that mapped them: with Ray's default the
+    process tree grew with the rows streamed until the store was full (benchmarks/scale.py:
+    3.3 GB at 10M rows, 4.0 GB at 20M); a bounded store bounds that. Larger objects spill."""
+    mib = int(os.environ.get("PLASTER_OBJECT_STORE_MIB", "2048"))
+    return mib * 2**20 if mib > 0 else None
+
+
 def ensure_ray(ws: Workspace) -> None:
     """Start or join Ray once per process; later calls are free (the warm path)."""
     import ray
@@ -57,6 +67,7 @@ def ensure_ray(ws: Workspace) -> None:
             include_dashboard=True,  # Ray Train/Serve state and the job API need it; on 127.0.0.1 below
             dashboard_host="127.0.0.1",
             runtime_env=None if in_job else {"env_vars": {k: os.environ[k] for k in TRAIN_ENV}},
+            object_store_memory=None if address or in_job else local_store_bytes(),
         )
     if callable(ours):
         signal.signal(signal.SIGTERM, ours)

@@ -28,7 +28,7 @@ from typing import Any, Callable
 from orchestrator.artifacts import Checkpoint, Snapshot, sha256_file
 from orchestrator.context import StageContext
 from orchestrator.door import Batch, Hooks, TrainSettings, forward, load_hooks
-from orchestrator.errors import TrainingError
+from orchestrator.errors import DataError, TrainingError
 from orchestrator.stream import InMemory, Streamed
 
 
@@ -454,7 +454,7 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
             device = "cuda" if cfg.use_gpu is not False and torch.cuda.is_available() else "cpu"
             rec, amp_why = recipe_for(cfg, ctx.pipeline.config.task, epochs, lr, device)
             ctx.say(f"training in this process ({why}), {epochs} epochs at lr {lr:g}, {snapshot.train_rows} rows{start}")
-            data = InMemory(x, y) if plan is None else Streamed(_streamed_rows(ctx, plan), plan["train_rows"])
+            data = InMemory(x, y) if plan is None else Streamed(_streamed_rows(ctx, plan, snapshot.table), plan["train_rows"])
             out = _train_here(ctx, snapshot, model, hooks, (data, val), init, why, rec, amp_why, device)
             _log_history(ctx, out.history)
             return out
@@ -462,13 +462,18 @@ def run(ctx: StageContext, snapshot: Snapshot) -> Checkpoint:
     return _train_on_ray(ctx, snapshot, model, hooks, (x, y, val), init, start, epochs, lr, sized)
 
 
-def _streamed_rows(ctx: StageContext, plan: dict):
-    """The training rows of a streaming snapshot as a Ray Data dataset (on the cycle's Ray)."""
+def _streamed_rows(ctx: StageContext, plan: dict, table: dict | None = None):
+    """The training rows of a streaming snapshot as a Ray Data dataset (on the cycle's Ray);
+    `table`: the lake table version the snapshot was taken at, if any."""
     from orchestrator.runtime import ensure_ray
-    from orchestrator.stream import dataset, located
+    from orchestrator.stream import dataset, gone_message, located, missing
 
     ensure_ray(ctx.workspace)
-    return dataset(located(plan, ctx.pipeline.bucket, ctx.pipeline.source), ctx.pipeline.inputs, ctx.pipeline.target)
+    plan = located(plan, ctx.pipeline.bucket, ctx.pipeline.source)
+    gone = missing(plan)
+    if gone:  # found here, not deep inside a Ray Data task half-way through an epoch
+        raise DataError(gone_message(gone, len(plan["new"]) + len(plan["replay"]), table))
+    return dataset(plan, ctx.pipeline.inputs, ctx.pipeline.target)
 
 
 def _log_history(ctx: StageContext, history) -> None:
@@ -509,7 +514,7 @@ def _train_on_ray(ctx: StageContext, snapshot: Snapshot, model, hooks: Hooks, da
     plan = snapshot.train_manifest
     streamed = {}
     if plan is not None:  # the workers read their shards of the files; only the validation rows travel
-        streamed = {"datasets": {"train": _streamed_rows(ctx, plan)}}
+        streamed = {"datasets": {"train": _streamed_rows(ctx, plan, snapshot.table)}}
         data = data[2]
         why += "; training rows streamed through Ray Data (ingest.stream_above_rows/bytes)"
     trainer = TorchTrainer(
