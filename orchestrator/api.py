@@ -136,6 +136,9 @@ def gate(folder: str | Path, candidate: str | None = None, registry=None,
     holdout = Path(cand.folder) / "holdout" / "new.npz"
     if holdout.exists():  # the examples its cycle judged it on
         slices["new"] = load_arrays(holdout)
+    for s in pipeline.partition_slices:  # cut from its cycle's new data by partition value
+        if (Path(cand.folder) / "holdout" / f"{s}.npz").exists():
+            slices[s] = load_arrays(Path(cand.folder) / "holdout" / f"{s}.npz")
     for s, path in pipeline.slice_files.items():
         try:
             slices[s] = read_shard(path, pipeline.inputs, pipeline.target)

@@ -119,6 +119,13 @@ class PartitionsConfig(_Strict):
         return [[term(t) for t in v]] if v else []
 
 
+class PartitionSlice(_Strict):
+    """A holdout slice cut from the new data by partition value, not a file."""
+
+    partition: str = Field(description="the partition key (a Hive key=value folder, or a table's partition column)")
+    value: str = Field("newest", description="the value, or newest: the greatest among this cycle's new data")
+
+
 class DataConfig(_Strict):
     source: str = Field(description="folder of Parquet shards, or a bucket (s3://bucket/prefix, gs://...); "
                         "${PLASTER_HOME} and env vars expand")
@@ -131,7 +138,10 @@ class DataConfig(_Strict):
         None, description="iceberg: pyiceberg catalog properties (type, uri, warehouse, s3.endpoint, ...); default a SQL "
                           "catalog on SQLite under ${PLASTER_HOME}/iceberg; values expand env vars")
     golden: str | None = Field(None, description="Parquet file: fixed holdout of the original distribution")
-    slices: dict[str, str] = Field(default_factory=dict, description="more named holdout Parquet files to judge on")
+    slices: dict[str, str | PartitionSlice] = Field(
+        default_factory=dict, description="more named holdout slices to judge on: a Parquet file, or {partition: KEY, "
+        "value: V} for the new holdout rows whose Hive partition (or table partition column) KEY is V (newest: the "
+        "greatest value among this cycle's new data, e.g. the newest day)")
     partitions: PartitionsConfig = Field(
         default_factory=PartitionsConfig, description="data.source is read as a Parquet dataset: nested folders, and "
         "Hive key=value folders whose values become columns (int64, float64 or string) a pipeline may name")
@@ -458,8 +468,14 @@ class Pipeline:
     def slice_files(self) -> dict[str, Path]:
         """The fixed holdout slices by name: golden (if set) and data.slices."""
         out = {"golden": self.golden} if self.golden else {}
-        out.update({k: Path(_expand(v, f"data.slices.{k}")) for k, v in self.config.data.slices.items()})
+        out.update({k: Path(_expand(v, f"data.slices.{k}")) for k, v in self.config.data.slices.items()
+                    if isinstance(v, str)})
         return out
+
+    @property
+    def partition_slices(self) -> dict[str, PartitionSlice]:
+        """The slices cut from the new holdout by partition value, by name."""
+        return {k: v for k, v in self.config.data.slices.items() if isinstance(v, PartitionSlice)}
 
     @property
     def storage_uri(self) -> str | None:
@@ -611,7 +627,7 @@ def _unset_variables(raw: dict) -> list[str]:
     storage = raw.get("storage") if isinstance(raw.get("storage"), dict) else {}
     slices = data.get("slices") if isinstance(data.get("slices"), dict) else {}
     paths = {"data.source": data.get("source"), "data.golden": data.get("golden"), "storage.uri": storage.get("uri"),
-             **{f"data.slices.{k}": v for k, v in slices.items()}}
+             **{f"data.slices.{k}": v for k, v in slices.items() if isinstance(v, str)}}
     env = {"PLASTER_HOME", *os.environ}
     out = []
     for key, value in paths.items():

@@ -47,6 +47,7 @@ def run(ctx: StageContext) -> Snapshot:
     bands: list[np.ndarray] = []
     streamed_rows = 0
     xs, ys = [], []
+    origins: list[tuple[dict, int]] = []  # each kept file's partition values and rows, in the order of x_new
     for f in found.fresh:
         try:
             x, y = f.read()
@@ -69,6 +70,7 @@ def run(ctx: StageContext) -> Snapshot:
             bands.append(b[kept])
         xs.append(x)
         ys.append(y)
+        origins.append((f.partitions, len(y)))
 
     rows = sum(s.rows for s in new)
     common = dict(new_shards=tuple(new), quarantined=tuple(found.quarantined), champion=champion,
@@ -90,7 +92,7 @@ def run(ctx: StageContext) -> Snapshot:
     if streaming:
         partitions = {f.location: f.partitions for f in found.fresh} | {o.location: o.partitions for o in found.old}
         return _streamed(ctx, common, x_new, y_new, np.concatenate(bands), widths, streamed_rows, found.old, rng,
-                         partitions)
+                         partitions, origins)
     order = rng.permutation(len(y_new))
     n_hold = max(1, int(round(len(y_new) * cfg.ingest.holdout_fraction)))
     hold, train = order[:n_hold], order[n_hold:]
@@ -122,7 +124,7 @@ def run(ctx: StageContext) -> Snapshot:
     save_arrays(ctx.path("snapshot", "holdout_new.npz"), take(x_new, hold), y_new[hold])
     return Snapshot(
         **common,
-        **_slices(ctx),
+        **_slices(ctx, _partition_slices(ctx, origins, x_new, y_new, hold)),
         replay_rows=replay_rows,
         train_file=str(ctx.path("snapshot", "train.npz")),
         holdout_new_file=str(ctx.path("snapshot", "holdout_new.npz")),
@@ -134,10 +136,37 @@ def run(ctx: StageContext) -> Snapshot:
     )
 
 
-def _slices(ctx: StageContext) -> dict:
-    """The fixed holdout slices (golden, data.slices), read whole: they are small by design."""
+def _partition_slices(ctx: StageContext, origins: list[tuple[dict, int]], x, y, hold: np.ndarray) -> dict[str, str]:
+    """The data.slices cut by partition value from this cycle's new holdout rows (`hold`:
+    their indices in x, whose rows came from the files in `origins`, in order), each saved
+    as npz. `newest` is the greatest value among the new data (numbers compared as numbers)."""
+    out: dict[str, str] = {}
+    for name, cut in ctx.pipeline.partition_slices.items():
+        values = np.concatenate([np.full(n, str(p.get(cut.partition)), dtype=object) for p, n in origins])
+        present = {str(p[cut.partition]) for p, _ in origins if p.get(cut.partition) is not None}
+        want = max(present, key=_ordered, default=None) if cut.value == "newest" else cut.value
+        idx = hold[values[hold] == want] if want is not None else hold[:0]
+        if not len(idx):
+            ctx.say(f"slice '{name}': no new holdout rows with {cut.partition}={want} (data.slices.{name}); not judged")
+            continue
+        out[name] = str(ctx.path("snapshot", f"{name}.npz"))
+        save_arrays(Path(out[name]), take(x, idx), y[idx])
+        ctx.say(f"slice '{name}': {len(idx)} new holdout rows with {cut.partition}={want}")
+    return out
+
+
+def _ordered(value: str):
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)  # dates in ISO form order as text
+
+
+def _slices(ctx: StageContext, cut: dict[str, str] | None = None) -> dict:
+    """The fixed holdout slices (golden, data.slices files), read whole: they are small by
+    design; and the slices already `cut` from the new holdout by partition value."""
     inputs, target = ctx.pipeline.inputs, ctx.pipeline.target
-    slices: dict[str, str] = {}
+    slices: dict[str, str] = dict(cut or {})
     golden_rows = 0
     for name, path in ctx.pipeline.slice_files.items():
         try:
@@ -164,7 +193,7 @@ def _capped(skipped: list[tuple[str, str]], keep: int = 200) -> tuple[tuple[str,
 
 
 def _streamed(ctx: StageContext, common: dict, x, y, b, widths, new_train: int, old: list[Old],
-              rng: np.random.Generator, partitions: dict[str, dict]) -> Snapshot:
+              rng: np.random.Generator, partitions: dict[str, dict], origins: list[tuple[dict, int]]) -> Snapshot:
     """A snapshot whose training rows stay in their files (stream.py): the holdout and
     validation bands and a training sample (for INT8 calibration and the profile) are saved;
     replay draws whole learned files, chosen by their row counts (footers, or a table's log),
@@ -198,7 +227,7 @@ def _streamed(ctx: StageContext, common: dict, x, y, b, widths, new_train: int, 
             f"Ray Data (new data above ingest.stream_above_rows/bytes); holdout {int(in_hold.sum()):,} rows kept")
     return Snapshot(
         **common,
-        **_slices(ctx),
+        **_slices(ctx, _partition_slices(ctx, origins, x, y, np.flatnonzero(in_hold))),
         replay_rows=replay_rows,
         train_file=str(ctx.path("snapshot", "train.npz")),
         holdout_new_file=str(ctx.path("snapshot", "holdout_new.npz")),

@@ -53,6 +53,9 @@ def _bundle(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, engin
     # The examples this version was judged on, so `plaster gate` can judge it again on them.
     (folder / "holdout").mkdir()
     shutil.copy(snapshot.holdout_new_file, folder / "holdout" / "new.npz")
+    for name in ctx.pipeline.partition_slices:  # cut from this cycle's new data: no file to read them again from
+        if name in snapshot.slices:
+            shutil.copy(snapshot.slices[name], folder / "holdout" / f"{name}.npz")
     return folder
 
 
