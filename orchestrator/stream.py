@@ -179,3 +179,44 @@ class Streamed:
                                           local_shuffle_seed=seed + epoch):
             # Copies: Ray Data's arrays are read-only views of the object store, which torch refuses to wrap.
             yield {k[3:]: np.array(v) for k, v in b.items() if k.startswith("in.")}, np.array(b["y"])
+
+
+def missing(plan: dict[str, Any]) -> list[str]:
+    """The files a streaming plan names that are no longer there (a table's VACUUM or snapshot
+    expiry, a shard deleted since ingest): one listing call per filesystem, before any Ray Data
+    task reads them. A filesystem that cannot be listed is left for the read to report."""
+    import pyarrow.fs as pafs
+
+    files = list(plan["new"]) + list(plan["replay"])
+    gone = [p for p in files if "://" not in p and not Path(p).exists()]
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for p in files:
+        if "://" in p:
+            base, _, query = p.partition("?")
+            scheme, rest = base.split("://", 1)
+            groups.setdefault((scheme, rest.split("/", 1)[0], query), []).append(p)
+    for uris in groups.values():
+        try:
+            fs, _ = pafs.FileSystem.from_uri(uris[0])  # as _open does: the task's own credentials
+            infos = fs.get_file_info([u.partition("?")[0].split("://", 1)[1] for u in uris])
+        except Exception:
+            continue
+        gone += [u for u, info in zip(uris, infos) if info.type == pafs.FileType.NotFound]
+    return gone
+
+
+def gone_message(gone: list[str], total: int, table: dict | None = None) -> str:
+    """Why a streamed snapshot cannot train: which files are gone and the setting that keeps them
+    (a lake table's retention), or what to do for a folder or bucket source."""
+    what = f"{len(gone)} of the {total} files this streamed snapshot names are gone (e.g. {gone[0].split('?')[0]})"
+    fresh = "or start a fresh cycle (`plaster run` without --resume) that reads the table's current version"
+    if table and table.get("format") == "delta":
+        return (f"{what}: delta table {table['table']} removed them after version {table['version']} (a VACUUM after a "
+                "compaction or overwrite). Raise delta.deletedFileRetentionDuration on the table (VACUUM keeps removed "
+                f"files that long) above the time a cycle may wait for --resume, {fresh}")
+    if table and table.get("format") == "iceberg":
+        return (f"{what}: iceberg table {table['table']} expired snapshot {table['version']} and deleted its files. Keep "
+                "snapshots longer (history.expire.max-snapshot-age-ms / history.expire.min-snapshots-to-keep on the "
+                f"table, or an older cut-off in expire_snapshots), {fresh}")
+    return (f"{what}: they were moved or deleted since ingest. Put them back and resume, or start a fresh cycle "
+            "(`plaster run` without --resume)")
