@@ -106,19 +106,24 @@ def _footprint(files: list[listing.DataFile]) -> tuple[int, int]:
 
 
 def _draw_replay(old: list[listing.DataFile], want: int, rng: np.random.Generator, inputs, target):
-    """Rows for replay, reading only what is drawn: the learned shards' row groups (from
-    their Parquet footers) are drawn with probability proportional to their rows until `want`
-    rows are covered, and only those groups are read. The cost follows `want`, which follows
-    the new data, not the number of shards already learned. Rows of one group come together
-    (a group is a contiguous stretch of one shard); over cycles every group gets drawn.
-    A learned shard gone or damaged since it was learned is left out of replay and named in
-    `lost` with why: the history is not this cycle's to judge. Returns (x, y, drawn, lost);
-    x is None when nothing could be drawn."""
+    """Rows for replay, reading only what is drawn: learned shards are visited in a random
+    order weighted by their size (from the listing: no file is opened to order them), and
+    each visited shard's row groups (from its footer) join the pool until the pool holds
+    twice `want` rows; row groups are then drawn from the pool with probability proportional
+    to their rows until `want` rows are covered, and only those groups are read. The cost
+    follows `want`, which follows the new data, not the number of shards already learned.
+    Rows of one group come together (a contiguous stretch of one shard); over cycles every
+    group gets drawn. A learned shard gone or damaged since it was learned is left out of
+    replay and named in `lost` with why: the history is not this cycle's to judge. Returns
+    (x, y, drawn, lost); x is None when nothing could be drawn."""
     import pyarrow.parquet as pq
 
     units = []  # (file, row group, rows)
     lost: list[tuple[str, str]] = []
-    for f in old:
+    sizes = np.array([max(f.size, 1) for f in old], dtype=np.float64)
+    pooled = 0
+    for i in rng.choice(len(old), size=len(old), replace=False, p=sizes / sizes.sum()) if old else []:
+        f = old[i]
         try:
             meta = pq.ParquetFile(f.path).metadata
         except FileNotFoundError:
@@ -128,6 +133,9 @@ def _draw_replay(old: list[listing.DataFile], want: int, rng: np.random.Generato
             lost.append((f.name, f"a learned shard no longer readable ({type(e).__name__}): left out of replay"))
             continue
         units += [(f, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+        pooled += meta.num_rows
+        if pooled >= 2 * want:
+            break
     rows = np.array([u[2] for u in units], dtype=np.float64)
     if not units or rows.sum() == 0:
         return None, np.empty(0), (), lost

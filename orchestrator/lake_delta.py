@@ -213,7 +213,9 @@ class DeltaSource(Table):
                 fresh.update(a["path"] for a in adds)
                 notes.append(f"version {v}: {op} rewrote {len(carried)} files added after version {since}: the files "
                              "holding their rows count as new (older rows merged into them are learned again)")
-        when = {**self._added_in(set(live) - added_at.keys(), since), **added_at}
+        # A file live at `since` was added at or before it: which version exactly would cost a read
+        # of the whole log back to version 0 every cycle, for files only replay uses.
+        when = {**{p: since for p in live if p not in added_at}, **added_at}
         files = {p: self._file(p, *live[p], when[p]) for p in sorted(live)}
         return Changes("delta", self.address, version, since,
                        added=tuple(f for p, f in files.items() if p in fresh),

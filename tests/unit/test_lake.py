@@ -39,7 +39,8 @@ def test_delta_changes_since_a_version_are_the_later_appends(delta, tmp_path):
     ch = t.changes(since=1)
     assert (ch.format, ch.version, ch.since, ch.table) == ("delta", 3, 1, str(delta))
     assert sorted((f.added_in, f.rows, f.partition["day"]) for f in ch.added) == [(2, 5, "d2"), (3, 2, "d1")]
-    assert sorted((f.added_in, f.rows, f.partition["day"]) for f in ch.old) == [(0, 3, "d0"), (1, 4, "d1")]
+    # Old files: added at or before `since` (which version exactly is not read: that is the whole log).
+    assert sorted((f.added_in, f.rows, f.partition["day"]) for f in ch.old) == [(1, 3, "d0"), (1, 4, "d1")]
     assert (ch.deleted_rows, ch.rewritten_files, ch.notes) == (0, 0, ())
     assert all(f.uri.startswith(str(delta)) and f.size > 0 for f in ch.added)
 
@@ -64,7 +65,7 @@ def test_delta_compaction_adds_nothing_and_delete_counts_removed_rows(delta, tmp
     ch = t.changes(since=3)
     assert ch.version == 4 and ch.added == () and ch.rewritten_files == 1 and ch.deleted_rows == 0
     assert total(ch.old) == 14 and any("version 4: OPTIMIZE" in n for n in ch.notes)
-    assert sorted(f.added_in for f in ch.old) == [0, 2, 4]  # the compacted file was added by version 4
+    assert sorted(f.added_in for f in ch.old) == [3, 3, 4]  # the compacted file by version 4; older ones "at or before 3"
 
     DeltaTable(delta).delete("x < 0")  # v5 rewrites d1 and d2 without their 3 negative rows
     ch = t.changes(since=4)
