@@ -103,12 +103,19 @@ class Bucket:
                 continue
             local.parent.mkdir(parents=True, exist_ok=True)
             tmp = local.with_name(f".{local.name}.part")  # hidden: a listing of the mirror never takes it for data
-            with self.fs.open_input_stream(info.path) as src, open(tmp, "wb") as dst:
-                while block := src.read(1 << 20):
-                    dst.write(block)
+            try:
+                with self.fs.open_input_stream(info.path) as src, open(tmp, "wb") as dst:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+            except OSError as e:  # gone since the listing, or the download broke: the next cycle tries again
+                tmp.unlink(missing_ok=True)
+                why = ("vanished: deleted or moved in the bucket after it was listed" if isinstance(e, FileNotFoundError)
+                       else f"could not be downloaded ({secrets.mask(str(e))[:160]}): the next cycle tries again")
+                skipped.append((self.key(info), why))
+                continue
             os.utime(tmp, ns=(info.mtime_ns, info.mtime_ns))
             tmp.replace(local)  # a shard appears whole or not at all, as in a folder source
-        keys = {self.key(i) for i in listed}
+        keys = {self.key(i) for i in listed} - {k for k, _ in skipped}
         for stale in folder.rglob("*"):
             rel = stale.relative_to(folder)
             if (rel.parts[0] != QUARANTINE and listing.data_name(stale.name) and rel.as_posix() not in keys
