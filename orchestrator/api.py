@@ -287,8 +287,11 @@ def history(folder: str | Path, last: int = 50) -> dict[str, Any]:
             "new_rows": sum(s["rows"] for s in r["stages"].get("ingest", {}).get("output", {}).get("new_shards", [])),
             "drift": (r["stages"].get("ingest", {}).get("output") or {}).get("drift"),
             "alias_moves": [m for m in moves if m.get("cycle_id") == r["id"]],
+            # when the promote stage moved the alias: data_to_live_s ends here (report.lag_parts)
+            "promoted_at": (r["stages"].get("promote", {}).get("output") or {}).get("decided_at"),
         })
-    return {"pipeline": pipeline.name, "cycles": cycles, "alias_moves": moves}
+    return {"pipeline": pipeline.name, "cycles": cycles, "alias_moves": moves,
+            "slo": {"data_to_live_s": pipeline.config.slo.data_to_live_s}}
 
 
 def report(folder: str | Path, out: str | Path, last: int = 50, registry=None) -> dict[str, Any]:

@@ -348,6 +348,15 @@ class StorageConfig(_Strict):
     shared: bool = Field(False, description="the path is a mount every node sees (NFS): allowed on a multi-node cluster")
 
 
+class SloConfig(_Strict):
+    """Service-level objectives of the pipeline's rate of learning: shown against, never enforced."""
+
+    data_to_live_s: float | None = Field(
+        None, gt=0, description="seconds from the arrival of the oldest new shard to the champion alias moving, "
+                                "for promoted cycles; history, report and the daemon's metrics show the lag's "
+                                "p50/p95, the share within it and the budget left (this - p95); null: no objective")
+
+
 class PipelineConfig(_Strict):
     name: str = Field(description="also the registered model's name in MLflow")
     description: str = Field("", description="shown with the registered model")
@@ -364,6 +373,7 @@ class PipelineConfig(_Strict):
         "auto", description="manual: a passing candidate is HELD as challenger; `plaster approve` promotes it")
     schedule: ScheduleConfig = ScheduleConfig()
     storage: StorageConfig = StorageConfig()
+    slo: SloConfig = SloConfig()
 
     @field_validator("name")
     @classmethod

@@ -35,6 +35,51 @@ def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
+def lag_parts(c: dict) -> dict[str, float] | None:
+    """Where a PROMOTED cycle's data_to_live_s went; None for any other cycle (nothing went live).
+
+    - wait_s: the oldest new shard arriving → the cycle starting (waiting for a trigger);
+    - cycle_s: the cycle starting → the champion alias moving (a resumed cycle's pause included);
+    - rollout_s: the alias moving → serving it: 0, as the move sends all traffic to the new version
+      at once (no staged rollout; `plaster serve`'s next alias poll and engine swap are not recorded).
+
+    The arrival is the alias move minus data_to_live_s (the record keeps the lag, not the arrival).
+    A shard that arrived after the cycle started (and was still ingested) waited 0 s.
+    """
+    lag = c.get("data_to_live_s")
+    if c.get("decision") != "PROMOTED" or lag is None:
+        return None
+    moved = [m["at"] for m in c.get("alias_moves", []) if m["alias"] == "champion" and m["kind"] == PROMOTE]
+    live = c.get("promoted_at") or (moved[-1] if moved else None) or c["decided_at"] or c["started_at"] + lag
+    wait = min(max(0.0, c["started_at"] - (live - lag)), lag)
+    return {"wait_s": wait, "cycle_s": lag - wait, "rollout_s": 0.0}
+
+
+def lag_slo(cycles: list[dict], slo_s: float | None) -> dict[str, Any]:
+    """The data-to-live lag of PROMOTED cycles against the SLO (pipeline.yaml slo.data_to_live_s).
+
+    - lag_promoted_cycles: how many PROMOTED cycles with a lag the figures cover;
+    - lag_p50_s, lag_p95_s: numpy percentiles (linear interpolation) of their data_to_live_s;
+    - lag_within_slo: share of them with lag <= SLO; slo_budget_s: SLO - p95 (negative: breached);
+    - lag_wait_p50_s, lag_cycle_p50_s, lag_rollout_s: the median of each part (lag_parts); rollout is 0.
+    Figures without data (or without an SLO) are None.
+    """
+    import numpy as np
+
+    lags = [c["data_to_live_s"] for c in cycles if c["decision"] == "PROMOTED" and c["data_to_live_s"] is not None]
+    parts = [p for p in map(lag_parts, cycles) if p is not None]
+    p50, p95 = (float(v) for v in np.percentile(lags, [50, 95])) if lags else (None, None)
+    has = bool(lags) and slo_s is not None
+    return {
+        "slo_data_to_live_s": slo_s, "lag_promoted_cycles": len(lags), "lag_p50_s": p50, "lag_p95_s": p95,
+        "lag_within_slo": sum(v <= slo_s for v in lags) / len(lags) if has else None,
+        "slo_budget_s": slo_s - p95 if has else None,
+        "lag_wait_p50_s": _median([p["wait_s"] for p in parts]),
+        "lag_cycle_p50_s": _median([p["cycle_s"] for p in parts]),
+        "lag_rollout_s": 0.0 if parts else None,
+    }
+
+
 def devops(history: dict, now: float | None = None) -> dict[str, Any]:
     """DevOps figures for the rate of learning. Alias moves count over the whole ledger,
     cycle figures over the cycles in `history` (the last N asked for).
@@ -50,6 +95,7 @@ def devops(history: dict, now: float | None = None) -> dict[str, Any]:
     - median_time_to_restore_s: per rollback, from the latest champion move that put the
       rolled-away-from version live to the rollback, i.e. how long the bad version served; None without rollbacks.
     - decisions: cycles by decision (one without a decision yet by its state: running, failed).
+    - the data-to-live SLO figures of lag_slo(): lag p50/p95, share within the SLO, budget left, parts.
     """
     now = time.time() if now is None else now
     cycles = history["cycles"]
@@ -74,7 +120,12 @@ def devops(history: dict, now: float | None = None) -> dict[str, Any]:
         "change_failure_rate": len(rollbacks) / len(promotions) if promotions else None,
         "median_time_to_restore_s": _median(restores),
         "decisions": dict(Counter(c["decision"] or c["state"] for c in cycles)),
+        **lag_slo(cycles, _slo(history)),
     }
+
+
+def _slo(history: dict) -> float | None:
+    return (history.get("slo") or {}).get("data_to_live_s")  # a history from before slo: has none
 
 
 # --- text shared by the terminal and the HTML tables, so the two never disagree ----------
@@ -91,6 +142,15 @@ def _dur(s: float | None) -> str:
         if s >= 2 * size:
             return f"{s / size:.1f}{unit}"
     return f"{s:.1f}s"
+
+
+def _signed(s: float | None) -> str:
+    return "—" if s is None else ("-" + _dur(-s) if s < 0 else _dur(s))
+
+
+def _parts(c: dict) -> str:
+    p = lag_parts(c)
+    return "—" if p is None else f"wait {_dur(p['wait_s'])} + cycle {_dur(p['cycle_s'])} + rollout 0s"
 
 
 def _utc(ts: float) -> str:
@@ -111,7 +171,8 @@ def _cycle_cells(c: dict) -> dict[str, str]:
     return {
         "cycle": c["id"], "trigger": c["trigger"] or "—",
         "decision": (c["decision"] or c["state"]) + (f" v{c['version']}" if c["version"] else ""),
-        "data→live": _dur(c["data_to_live_s"]), "cycle time": _dur(c["cycle_time_s"]),
+        "data→live": _dur(c["data_to_live_s"]), "lag: wait + cycle + rollout": _parts(c),
+        "cycle time": _dur(c["cycle_time_s"]),
         "stages (s)": " ".join(f"{k[:3]} {v:.1f}" for k, v in c["stage_seconds"].items()),
         "new data: champion → candidate": "—" if (before, after) == (None, None)
         else f"{_metric(c.get('metric', 'accuracy'), before)} → {_metric(c.get('metric', 'accuracy'), after)}",
@@ -144,6 +205,26 @@ def _devops_rows(d: dict) -> list[tuple[str, str, str]]:
         ("median time to restore", _dur(d["median_time_to_restore_s"]),
          "rolled-back version going live → its rollback"),
         ("decisions", ", ".join(f"{k} {n}" for k, n in d["decisions"].items()) or "—", "cycles by decision"),
+        *_slo_rows(d),
+    ]
+
+
+def _slo_rows(d: dict) -> list[tuple[str, str, str]]:
+    slo, n, budget = d["slo_data_to_live_s"], d["lag_promoted_cycles"], d["slo_budget_s"]
+    within = d["lag_within_slo"]
+    return [
+        ("data-to-live SLO", "— (set slo.data_to_live_s)" if slo is None else _dur(slo),
+         "pipeline.yaml slo.data_to_live_s: oldest new shard arriving → champion moved"),
+        ("lag p50 / p95", f"{_dur(d['lag_p50_s'])} / {_dur(d['lag_p95_s'])} over {n} promoted cycle(s)",
+         "data_to_live_s of PROMOTED cycles (numpy percentiles, linear)"),
+        ("within SLO", "—" if within is None else f"{_pct(within)} ({round(within * n)} of {n})",
+         "promoted cycles whose lag <= SLO"),
+        ("SLO budget left", _signed(budget) + (" (breached)" if budget is not None and budget < 0 else ""),
+         "SLO - p95 lag; negative: the SLO is breached"),
+        ("lag by part (p50)", "—" if d["lag_rollout_s"] is None else
+         f"wait {_dur(d['lag_wait_p50_s'])}, cycle {_dur(d['lag_cycle_p50_s'])}, rollout 0s",
+         "wait: oldest new shard arriving → cycle start (waiting for a trigger); cycle: start → champion alias "
+         "moved; rollout: alias moved → serving, 0 as the move sends all traffic at once (no staged rollout)"),
     ]
 
 
@@ -152,7 +233,7 @@ def _devops_rows(d: dict) -> list[tuple[str, str, str]]:
 def history_table(console: Console, history: dict) -> None:
     """Cycles, then every alias move (rollbacks and approvals belong to no cycle), then the DevOps figures.
     Cells are Text, not markup: a reason or trigger with brackets must print as written."""
-    cycles = history["cycles"]
+    cycles, slo = history["cycles"], _slo(history)
     if not cycles:
         console.print(f"[bold]{history['pipeline']}[/]: no cycles yet")
     else:
@@ -168,9 +249,14 @@ def history_table(console: Console, history: dict) -> None:
             decision = Text(x["decision"], style=COLOUR.get(c["decision"] or c["state"], ""))
             if x["alias moves"]:
                 decision.append("\n" + x["alias moves"], style="dim")
-            lag = f", lag {x['data→live']}" if c["data_to_live_s"] is not None else ""
-            t.add_row(Text(f"{x['cycle']}\n{x['trigger']}"), decision,
-                      Text(f"{x['cycle time']}{lag}\n{x['stages (s)']}"), x["new data: champion → candidate"])
+            timing = Text(x["cycle time"])
+            if c["data_to_live_s"] is not None:
+                over = slo is not None and c["data_to_live_s"] > slo
+                timing.append(f", lag {x['data→live']}" + (" > SLO" if over else ""), style="red" if over else "")
+            if lag_parts(c) is not None:  # where the lag went: waiting for a trigger, the cycle, the rollout
+                timing.append("\n" + x["lag: wait + cycle + rollout"], style="dim")
+            timing.append("\n" + x["stages (s)"])
+            t.add_row(Text(f"{x['cycle']}\n{x['trigger']}"), decision, timing, x["new data: champion → candidate"])
         console.print(t)
     if history["alias_moves"]:
         m = Table(title="Alias moves (ledger)", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
@@ -199,7 +285,7 @@ def _dated(ax: Any, fig: Any) -> None:
     ax.set_xlabel("decided at (UTC)")
 
 
-def _plots(cycles: list[dict], out: Path) -> list[Path]:
+def _plots(cycles: list[dict], out: Path, slo: float | None = None) -> list[Path]:
     from orchestrator.plots import plain_log, pyplot, save
 
     plt = pyplot()
@@ -214,6 +300,8 @@ def _plots(cycles: list[dict], out: Path) -> list[Path]:
         sel = [p for p in timed if p[2] == d]
         if sel:
             ax.scatter([p[0] for p in sel], [p[1] for p in sel], marker=marker, color=colour, zorder=3, label=d)
+    if slo is not None:
+        ax.axhline(slo, color="tab:red", ls=":", lw=1.2, label=f"data→live SLO {_dur(slo)}")
     ax.set(yscale="log", ylabel="seconds (log: lags reach days)", title="Cycle time and data-to-live lag")
     plain_log(ax.yaxis)
     ax.legend(fontsize=8)
@@ -267,7 +355,7 @@ def write_html(history: dict, out: Path, now: float | None = None) -> list[Path]
     out.mkdir(parents=True, exist_ok=True)
     figures = devops(history, now)
     cycles, p = history["cycles"], html.escape(history["pipeline"])
-    images = _plots(cycles, out) if cycles else []
+    images = _plots(cycles, out, _slo(history)) if cycles else []
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>plaster report: {p}</title>"
              f"<style>{CSS}</style></head><body><h1>plaster report: {p}</h1>",
              f"<p>Generated {_utc(now)} UTC from the last {len(cycles)} cycle(s) and "

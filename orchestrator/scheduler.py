@@ -83,6 +83,9 @@ class Daemon:
         self.registry = registry_for(self.ws)
         for p in self.pipelines.values():
             self._observe_champion(p.name)
+            self.metrics.observe_slo(p.name, p.config.slo.data_to_live_s, [  # lags of the recorded promotions
+                r["data_to_live_s"] for r in records.load_all(self.ws, p.name)
+                if r.get("decision") == "PROMOTED" and r.get("data_to_live_s") is not None])
         if self.metrics_port is not None:
             self.metrics.serve(self.metrics_port, self.metrics_host)
         _DAEMON = self

@@ -77,7 +77,9 @@ def test_devops_empty_and_undecided():
     d = report.devops(empty(), now=T0)
     assert d == {"promotions": 0, "window_days": 1.0, "promotions_per_day": 0.0, "median_lead_time_s": None,
                  "median_cycle_time_s": None, "rollbacks": 0, "change_failure_rate": None,
-                 "median_time_to_restore_s": None, "decisions": {}}
+                 "median_time_to_restore_s": None, "decisions": {}, "slo_data_to_live_s": None,
+                 "lag_promoted_cycles": 0, "lag_p50_s": None, "lag_p95_s": None, "lag_within_slo": None,
+                 "slo_budget_s": None, "lag_wait_p50_s": None, "lag_cycle_p50_s": None, "lag_rollout_s": None}
     h = empty()
     h["cycles"] = [dict(cycle("c8", T0, 10.0, None, None), state="failed", decided_at=None, cycle_time_s=None)]
     assert report.devops(h, now=T0)["decisions"] == {"failed": 1}
@@ -137,3 +139,67 @@ def test_write_html_with_an_unfinished_cycle(tmp_path):
     files = report.write_html(h, tmp_path / "r", now=T0)
     assert {p.name for p in files} == {"index.html", "history.json", "cycle_time.png", "stages.png", "accuracy.png"}
     assert "<td>failed</td>" in files[0].read_text(encoding="utf-8")
+
+
+def with_slo(seconds=120.0):
+    h = make()
+    h["slo"] = {"data_to_live_s": seconds}
+    return h
+
+
+def test_devops_slo_figures():
+    d = report.devops(with_slo(), now=T3 + 60)
+    # PROMOTED lags 150 and 90: numpy's linear p50 120, p95 90 + 0.95 * 60
+    assert d["lag_promoted_cycles"] == 2
+    assert (d["lag_p50_s"], d["lag_p95_s"]) == pytest.approx((120.0, 147.0))
+    assert d["lag_within_slo"] == pytest.approx(0.5)
+    assert d["slo_budget_s"] == pytest.approx(-27.0)
+    # cycle 1: 100 s cycle, lag 150 → waited 50; cycle 2: 60 s, lag 90 → waited 30 (alias moved at decision)
+    assert (d["lag_wait_p50_s"], d["lag_cycle_p50_s"], d["lag_rollout_s"]) == pytest.approx((40.0, 80.0, 0.0))
+    assert report.devops(with_slo(200.0), now=T3 + 60)["slo_budget_s"] == pytest.approx(53.0)
+
+
+@pytest.mark.parametrize("width", [100, 80])
+def test_history_table_slo(width):
+    console = Console(record=True, width=width)
+    report.history_table(console, with_slo())
+    text = console.export_text()
+    for s in ("2.5m > SLO", "wait 50.0s + cycle 100.0s", "wait 30.0s + cycle 60.0s", "rollout 0s", "tra 26.5"):
+        assert s in text, s
+    assert "90.0s > SLO" not in text and "lag 90.0s" in text  # the 90 s lag is within the 120 s SLO
+    assert re.search(r"data-to-live SLO +2.0m", text)
+    assert re.search(r"lag p50 / p95 +2.0m / 2.5m over 2 promoted cycle\(s\)", text)
+    assert re.search(r"within SLO +50.0% \(1 of 2\)", text)
+    assert re.search(r"SLO budget left +-27.0s \(breached\)", text)
+    assert re.search(r"lag by part \(p50\) +wait 40.0s, cycle 80.0s, rollout 0s", text)
+    assert max(len(line) for line in text.splitlines()) <= width
+
+
+def test_history_table_without_slo():
+    console = Console(record=True, width=80)
+    report.history_table(console, make())
+    text = console.export_text()
+    assert "> SLO" not in text and re.search(r"data-to-live SLO +— \(set slo.data_to_live_s\)", text)
+    assert re.search(r"SLO budget left +—", text)
+
+
+def test_write_html_slo(tmp_path, monkeypatch):
+    from orchestrator import plots
+
+    figures, save = [], plots.save
+    monkeypatch.setattr(plots, "save", lambda plt, fig, path: (figures.append((path.name, fig)), save(plt, fig, path))[1])
+    out = tmp_path / "report"
+    report.write_html(with_slo(), out, now=T3 + 60)
+    ax = dict(figures)["cycle_time.png"].axes[0]
+    slo = [line for line in ax.get_lines() if line.get_label().startswith("data→live SLO")]
+    assert len(slo) == 1 and list(slo[0].get_ydata()) == [120.0, 120.0]  # a horizontal line at the SLO
+    page = (out / "index.html").read_text(encoding="utf-8")
+    for s in ("data-to-live SLO", "2.0m / 2.5m over 2 promoted cycle(s)", "-27.0s (breached)",
+              "lag: wait + cycle + rollout", "wait 50.0s + cycle 100.0s + rollout 0s", "all traffic at once"):
+        assert s in page, s
+    data = json.loads((out / "history.json").read_text())
+    assert data["slo"] == {"data_to_live_s": 120.0} and data["devops"]["slo_budget_s"] == pytest.approx(-27.0)
+    figures.clear()
+    report.write_html(make(), tmp_path / "no-slo", now=T3 + 60)  # no SLO: no line
+    ax = dict(figures)["cycle_time.png"].axes[0]
+    assert not [line for line in ax.get_lines() if "SLO" in line.get_label()]
