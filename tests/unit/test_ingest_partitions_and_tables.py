@@ -1,10 +1,12 @@
-"""data.slices cut by partition value: the new holdout rows of one Hive partition (or table
-partition column), `newest` being the greatest value among the cycle's new data."""
+"""Ingest on partitioned and lake-table sources: data.slices cut by partition value (the new
+holdout rows of one Hive partition or table partition column, `newest` being the greatest
+value among the cycle's new data), and a bad file inside a Delta table reported, not moved."""
 
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from fakes import context
@@ -56,3 +58,23 @@ def test_a_fixed_partition_value_of_a_hive_folder(tmp_path, home, digits):
     x, y = load_arrays(snap.slices["second"])
     hold_x, _ = load_arrays(snap.holdout_new_file)
     assert 0 < len(y) < len(hold_x["pixels"] if "pixels" in hold_x else next(iter(hold_x.values())))
+
+
+def test_a_bad_file_inside_a_table_is_reported_and_left_in_place(tmp_path, home):
+    from deltalake import DeltaTable, write_deltalake
+
+    from orchestrator.config import load_module
+
+    lake = _pipelines(tmp_path, "lake")
+    api.simulate(lake, 2)
+    table = Path(home) / "data" / "lake" / "events"
+    bad = load_module(lake / "simulate.py").day_rows(2)
+    bad = bad.set_column(0, "f00", pa.array([float("nan")] * bad.num_rows))  # a NaN in every row of a feature
+    write_deltalake(str(table), bad, mode="append", partition_by=["day"])
+    files_before = sorted(DeltaTable(str(table)).file_uris())
+    snap = ingest.run(context(home, lake))
+    assert [q.name.split("/")[0] for q in snap.quarantined] == ["day=2026-12-03"]
+    q = snap.quarantined[0]
+    assert "f00" in q.reason and "NaN" in q.reason and q.moved_to.startswith("left in ")
+    assert sorted(DeltaTable(str(table)).file_uris()) == files_before  # nothing moved or deleted in the table
+    assert sum(s.rows for s in snap.new_shards) == 500  # the two good days are learned
