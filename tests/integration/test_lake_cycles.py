@@ -293,22 +293,22 @@ def test_a_delta_table_in_a_bucket_is_learned_version_by_version(home, tmp_path,
                       scheme="http", region="us-east-1", allow_bucket_creation=True).create_dir("lake")
     folder = _pipelines(tmp_path, "lake")
     cfg = yaml.safe_load((folder / "pipeline.yaml").read_text())
-    cfg["data"]["source"] = "s3://lake/events"
+    cfg["data"]["source"] = "s3://lake/cycle-events"
     (folder / "pipeline.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     writer = {**env, "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}  # one writer, no lock service
     sim = _sim(folder)
     sim.write_golden(load_pipeline(folder).golden)
     for k in range(3):
-        write_deltalake("s3://lake/events", sim.day_rows(k), mode="append", partition_by=["day"], storage_options=writer)
+        write_deltalake("s3://lake/cycle-events", sim.day_rows(k), mode="append", partition_by=["day"], storage_options=writer)
 
     first = api.run_cycle(folder)
     assert first["decision"] == "PROMOTED", first.get("reasons")
     t1 = first["table"]
-    assert (t1["format"], t1["table"], t1["version"], t1["added_rows"]) == ("delta", "s3://lake/events", 2, 3 * DAY)
-    assert all(s["path"].startswith("s3://lake/events/day=") for s in first["stages"]["ingest"]["output"]["new_shards"])
+    assert (t1["format"], t1["table"], t1["version"], t1["added_rows"]) == ("delta", "s3://lake/cycle-events", 2, 3 * DAY)
+    assert all(s["path"].startswith("s3://lake/cycle-events/day=") for s in first["stages"]["ingest"]["output"]["new_shards"])
 
     for k in (3, 4):
-        write_deltalake("s3://lake/events", sim.day_rows(k), mode="append", partition_by=["day"], storage_options=writer)
+        write_deltalake("s3://lake/cycle-events", sim.day_rows(k), mode="append", partition_by=["day"], storage_options=writer)
     rows, oldest = _pending(folder)
     assert rows == 2 * DAY and oldest is not None
     second = api.run_cycle(folder)
