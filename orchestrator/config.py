@@ -357,6 +357,49 @@ class SloConfig(_Strict):
                                 "p50/p95, the share within it and the budget left (this - p95); null: no objective")
 
 
+class RolloutConfig(_Strict):
+    """How `plaster serve` moves traffic to a new champion, and the live gate that watches it.
+    The live gate compares the new model with the one it replaces on the same requests (both
+    engines answer each watched request; the client gets one answer) and rolls back by itself
+    only on evidence: a latency ratio whose CI lies above the bound, an error rate above the
+    bound by an exact binomial test, an output agreement whose CI lies below the bound."""
+
+    strategy: Literal["all_at_once", "canary", "linear", "shadow"] = Field(
+        "all_at_once", description="all_at_once: every request moves when the alias moves; canary: `fraction` of "
+                                   "requests for `bake_s`, then all; linear: steps of `fraction`, each baked; "
+                                   "shadow: a promoted cycle leaves the version challenger, the server runs it on a "
+                                   "copy of every request (answers discarded) for `bake_s`, then the live gate moves "
+                                   "the champion alias")
+    fraction: float = Field(0.1, gt=0, le=1, description="canary: share of requests the new champion answers; "
+                                                         "linear: the step")
+    bake_s: float = Field(300.0, gt=0, description="seconds each step (or the shadow) is watched before it completes")
+    min_requests: int = Field(200, ge=1, description="requests the new model answers in a step before it can complete")
+    max_latency_ratio: float | None = Field(
+        1.5, gt=0, description="new/old engine seconds on the same requests: roll back when the CI's lower bound > this")
+    max_error_rate: float | None = Field(
+        0.001, ge=0, lt=1, description="roll back when the new model's errors are above this rate (exact binomial test "
+                                       "at 1 - confidence)")
+    min_agreement: float | None = Field(
+        0.8, gt=0, le=1, description="share of requests where both models answer the same (class, label set, or a "
+                                     "value within `agree_within`): roll back when the CI's upper bound < this")
+    agree_within: float = Field(0.1, ge=0, description="regression: answers agree when they differ by at most this "
+                                                       "fraction of the old model's (absolute below 1)")
+    confidence: float = Field(0.99, gt=0.5, lt=1, description="of every live-gate interval and test (it is looked at "
+                                                              "every check_s, so stricter than the offline gate)")
+    check_s: float = Field(1.0, gt=0, description="how often the live gate looks")
+
+
+class FeedbackConfig(_Strict):
+    """Served traffic kept as future training data (`plaster label` joins labels that arrive later)."""
+
+    enabled: bool = Field(False, description="the server writes each answered request (id, inputs, answer, version, "
+                                             "time) to Parquet shards in `location`")
+    location: str | None = Field(None, description="a folder; default PLASTER_HOME/feedback/<pipeline>")
+    flush_rows: int = Field(1000, ge=1, description="a shard is written when this many requests are buffered")
+    flush_s: float = Field(5.0, gt=0, description="... or when the oldest buffered request is this old: a crash loses "
+                                                  "at most this window (or flush_rows requests)")
+
+
 class PipelineConfig(_Strict):
     name: str = Field(description="also the registered model's name in MLflow")
     description: str = Field("", description="shown with the registered model")
@@ -374,6 +417,8 @@ class PipelineConfig(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     storage: StorageConfig = StorageConfig()
     slo: SloConfig = SloConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
 
     @field_validator("name")
     @classmethod
