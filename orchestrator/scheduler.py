@@ -141,7 +141,8 @@ class Daemon:
         self._observe_champion(p.name)  # the alias may have moved without us (approve, rollback)
         champion = self.registry.champion(p.name, self.ws.home / "champions" / p.name)
         learned = set(self.registry.lineage(champion)) if champion else set()
-        rows, oldest = ingest.pending_of(p, learned, champion)
+        waiting = ingest.pending_of(p, learned, champion)
+        rows, oldest = waiting.rows, waiting.oldest
         if rows >= p.config.ingest.min_new_rows:
             return "data"
         stale = p.config.schedule.max_staleness
@@ -149,7 +150,7 @@ class Daemon:
             return "staleness"
         threshold = p.config.schedule.drift_threshold
         if threshold and rows > 0 and champion is not None:
-            moved = ingest.pending_drift(p, learned, champion)
+            moved = waiting.drift()
             if moved and moved["score"] >= threshold:
                 self.say(f"{p.name}: drift {moved['metric']} {moved['score']:.3f} on {moved['worst']} "
                          f">= schedule.drift_threshold {threshold}")

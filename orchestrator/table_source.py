@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -132,25 +133,25 @@ def _draw(table, old, want: int, rng: np.random.Generator, wanted, inputs, targe
     return concat([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), tuple(names), lost
 
 
-def pending(pipeline, champion) -> tuple[int, float | None]:
-    """New rows in the table since the champion's version and when the oldest landed: the
-    table's log and file listings only (the scheduler's poll)."""
+def pending(pipeline, champion) -> tuple[int, float | None, Callable[[], dict | None]]:
+    """New rows in the table since the champion's version, when the oldest landed, and a
+    function that measures their drift against the champion's profile (the scheduler's poll).
+    One look at the table's log answers all three: the drift trigger reads the rows of the
+    files counted here, not of a later version the log moved on to between two reads."""
     table = pipeline.table()
     ch = table.changes(learned_version(champion, table.address))
     arrived = _arrivals(ch.added)
-    return ch.added_rows, min(arrived.values(), default=None)
+    return ch.added_rows, min(arrived.values(), default=None), lambda: _drift(pipeline, champion, table, ch)
 
 
 _DRIFTS: dict[tuple, dict | None] = {}
 
 
-def pending_drift(pipeline, champion) -> dict | None:
+def _drift(pipeline, champion, table, ch: lake.Changes) -> dict | None:
     """Drift of the table's new rows against the champion's profile; read once per table version."""
     reference = drift.champion_profile(champion)
     if reference is None:
         return None
-    table = pipeline.table()
-    ch = table.changes(learned_version(champion, table.address))
     key = (pipeline.name, champion.version, table.address, ch.version)
     if key not in _DRIFTS:
         xs = []

@@ -11,7 +11,9 @@ data too large to hold streams instead (stream.py): the snapshot then names its 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -247,18 +249,21 @@ def _compact(moved: dict | None, keep: int = 10) -> dict | None:
     return {**{k: v for k, v in moved.items() if k != "features"}, "top": [[n, f] for n, f in drift.top(moved, keep)]}
 
 
+@dataclass(frozen=True)
+class Pending:
+    """What the scheduler's poll finds waiting in a pipeline's data source: new rows, the
+    oldest one's arrival, and drift(), which reads the waiting rows to measure their drift
+    against the champion's training data (called only when the drift trigger needs it)."""
+
+    rows: int
+    oldest: float | None
+    drift: Callable[[], dict | None]
 
 
-def pending_of(pipeline, learned: set[str], champion=None) -> tuple[int, float | None]:
-    """New rows waiting in a pipeline's data source and the oldest one's arrival (the
-    scheduler's poll): listings and footers, or a table's log."""
+def pending_of(pipeline, learned: set[str], champion=None) -> Pending:
+    """The scheduler's poll of a pipeline's data source: listings and footers, or one read of
+    a table's log, which drift() then reuses."""
     if pipeline.table_format != "parquet":
-        return table_source.pending(pipeline, champion)
-    return folder_source.pending_of(pipeline, learned)
-
-
-def pending_drift(pipeline, learned: set[str], champion) -> dict | None:
-    """Drift of the data waiting against the champion's training data (the drift trigger)."""
-    if pipeline.table_format != "parquet":
-        return table_source.pending_drift(pipeline, champion)
-    return folder_source.pending_drift(pipeline, learned, champion)
+        return Pending(*table_source.pending(pipeline, champion))
+    rows, oldest = folder_source.pending_of(pipeline, learned)
+    return Pending(rows, oldest, lambda: folder_source.pending_drift(pipeline, learned, champion))

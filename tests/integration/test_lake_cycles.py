@@ -75,7 +75,8 @@ def _pending(folder: Path) -> tuple[int, float | None]:
     registry = api.registry_for(ws)
     champion = registry.champion(p.name, ws.home / "champions" / p.name)
     learned = set(registry.lineage(champion)) if champion else set()
-    return pending_of(p, learned, champion)
+    waiting = pending_of(p, learned, champion)
+    return waiting.rows, waiting.oldest
 
 
 def _plaster(*args, env=None, timeout=600):

@@ -78,3 +78,25 @@ def test_a_bad_file_inside_a_table_is_reported_and_left_in_place(tmp_path, home)
     assert "f00" in q.reason and "NaN" in q.reason and q.moved_to.startswith("left in ")
     assert sorted(DeltaTable(str(table)).file_uris()) == files_before  # nothing moved or deleted in the table
     assert sum(s.rows for s in snap.new_shards) == 500  # the two good days are learned
+
+
+def test_the_schedulers_poll_of_a_table_reads_its_log_once_for_rows_and_drift(tmp_path, home, monkeypatch):
+    from types import SimpleNamespace
+
+    from orchestrator import lake_delta
+    from orchestrator.config import load_pipeline
+
+    lake = _pipelines(tmp_path, "lake")
+    api.simulate(lake, 2)
+    snap = ingest.run(context(home, lake))
+    (tmp_path / "champion").mkdir()
+    shutil.copy(snap.profile_file, tmp_path / "champion" / "profile.json")  # a champion with a profile, no lineage
+    champion = SimpleNamespace(folder=str(tmp_path / "champion"), version="1")
+    looks = []
+    changes = lake_delta.DeltaSource.changes
+    monkeypatch.setattr(lake_delta.DeltaSource, "changes", lambda t, since: looks.append(since) or changes(t, since))
+    waiting = ingest.pending_of(load_pipeline(lake), set(), champion)
+    moved = waiting.drift()
+    assert waiting.rows == 500 and waiting.oldest is not None
+    assert moved is not None and moved["score"] >= 0  # the drift of the rows counted
+    assert looks == [None]  # one read of the log fed both
