@@ -294,6 +294,10 @@ def find(pipeline, home: Path, learned: set[str], say) -> Found:
             old.append(f)
             out.old.append(Old(f.name, str(f.path), f.partitions, lambda f=f: _footprint([f])[0]))
         else:
+            # The rows from the footer, though read() reads the whole file later: ingest sums the
+            # new rows before it reads any file, to choose streaming and its band widths
+            # (stream.should_stream, stream.split_bands), so the count cannot wait for the read.
+            # The footer is the file's metadata at its end, not its rows.
             out.fresh.append(Fresh(f.name, str(f.path), sha, _footprint([f])[0], f.size, f.mtime_ns / 1e9, f.partitions,
                                    read=lambda f=f: read_shard(f.path, inputs, target, f.partitions),
                                    set_aside=lambda reason, f=f, sha=sha: aside(f.path, sha, reason)))
