@@ -152,8 +152,11 @@ def filesystem(uri: str, storage_options: dict | None = None):
 
 
 def fs_path(uri: str) -> str:
-    """A file URI's path inside the filesystem `filesystem()` opens for its table."""
-    return str(local_path(uri)) if "://" not in uri or uri.startswith("file://") else uri.split("://", 1)[1]
+    """A file URI's path inside the filesystem `filesystem()` opens for it (query options,
+    such as a bucket source's `?endpoint_override=`, belong to the filesystem, not the path)."""
+    if "://" not in uri or uri.startswith("file://"):
+        return str(local_path(uri))
+    return uri.partition("?")[0].split("://", 1)[1]
 
 
 def scrub(text: str, options: dict | None) -> str:

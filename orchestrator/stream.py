@@ -187,18 +187,17 @@ def missing(plan: dict[str, Any]) -> list[str]:
     task reads them. A filesystem that cannot be listed is left for the read to report."""
     import pyarrow.fs as pafs
 
-    files = list(plan["new"]) + list(plan["replay"])
-    gone = [p for p in files if "://" not in p and not Path(p).exists()]
-    groups: dict[tuple[str, str, str], list[str]] = {}
-    for p in files:
-        if "://" in p:
-            base, _, query = p.partition("?")
-            scheme, rest = base.split("://", 1)
-            groups.setdefault((scheme, rest.split("/", 1)[0], query), []).append(p)
+    from orchestrator import lake
+
+    groups: dict[tuple[str, str, str], list[str]] = {}  # local paths, and each bucket with its query options
+    for p in list(plan["new"]) + list(plan["replay"]):
+        key = (p.split("://", 1)[0], lake.fs_path(p).split("/", 1)[0], p.partition("?")[2]) if "://" in p else ("",) * 3
+        groups.setdefault(key, []).append(p)
+    gone: list[str] = []
     for uris in groups.values():
         try:
-            fs, _ = pafs.FileSystem.from_uri(uris[0])  # as _open does: the task's own credentials
-            infos = fs.get_file_info([u.partition("?")[0].split("://", 1)[1] for u in uris])
+            fs, _ = lake.filesystem(uris[0])
+            infos = fs.get_file_info([lake.fs_path(u) for u in uris])
         except Exception:
             continue
         gone += [u for u, info in zip(uris, infos) if info.type == pafs.FileType.NotFound]

@@ -94,3 +94,16 @@ def test_iceberg_changes_over_s3(s3, tmp_path):
     assert t.read(d1).column("x").to_pylist() == [4, 5]
     table.delete("day == 'd1'")
     assert t.changes(since=snaps[-1]).deleted_rows == 2
+
+
+def test_a_streamed_plans_gone_objects_are_found_in_the_bucket(s3, monkeypatch):
+    from orchestrator.stream import missing
+
+    options, endpoint = s3
+    for k, v in options.items():  # a table's files: the credentials of the environment, as every table read
+        monkeypatch.setenv(k, v)
+    write_deltalake("s3://lake/plan", rows("d0", [1]), storage_options={**options, "AWS_S3_ALLOW_UNSAFE_RENAME": "true"})
+    there = DeltaTable("s3://lake/plan", storage_options=options).file_uris()[0]
+    query = f"?endpoint_override={endpoint.split('://')[1]}&scheme=http"  # a bucket source's object URI
+    plan = {"new": [there, "s3://lake/plan/vacuumed.parquet"], "replay": [there + query, "s3://lake/gone.parquet" + query]}
+    assert missing(plan) == ["s3://lake/plan/vacuumed.parquet", "s3://lake/gone.parquet" + query]

@@ -53,3 +53,11 @@ def test_the_kept_bands_are_capped_however_large_the_data():
     for n in (10**7, 10**8):
         hold, val, sample = stream.split_bands(cfg, n)
         assert hold * n == pytest.approx(50_000) and val * n <= 50_000 and sample * n <= 50_000
+
+
+def test_missing_names_the_files_of_a_plan_that_are_gone(tmp_path):
+    for name in ("a.parquet", "b.parquet"):
+        (tmp_path / name).write_bytes(b"PAR1")
+    plan = {"new": [str(tmp_path / "a.parquet"), str(tmp_path / "gone.parquet")],
+            "replay": [f"file://{tmp_path / 'b.parquet'}", f"file://{tmp_path / 'vacuumed.parquet'}"]}
+    assert stream.missing(plan) == [str(tmp_path / "gone.parquet"), f"file://{tmp_path / 'vacuumed.parquet'}"]
