@@ -318,3 +318,15 @@ def report(folder: str | Path, out: str | Path, last: int = 50, registry=None) -
     registry.end_run(run_id, "FINISHED")
     return secrets.mask_obj({"files": [str(p) for p in files], "run_id": run_id, "tracking_uri": registry.tracking_uri,
                              "devops": figures})
+
+
+def label(folder: str | Path, labels, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Join labels (a Parquet or CSV file, or a pyarrow Table, with request_id, optionally
+    example, and the target) with the requests the server kept (`feedback:`), writing the
+    matched rows as a new shard of the data source that the next cycle learns; labels of
+    requests not served yet wait for a later call. See feedback.label."""
+    from orchestrator import feedback
+
+    ws = Workspace.from_env()
+    pipeline = load_pipeline(folder, check=False)
+    return secrets.mask_obj(feedback.label(pipeline, ws, labels, say=say))

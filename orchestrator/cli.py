@@ -280,6 +280,21 @@ def report_cmd(pipeline: Path, out: Path = typer.Option(..., "--out", help="fold
 
 
 @app.command()
+def label(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.yaml + model.py)"),
+          labels: Path = typer.Argument(..., help="Parquet or CSV file: request_id, optionally example, the target"),
+          as_json: bool = typer.Option(False, "--json", help="print the counts and shard paths as JSON")):
+    """Join labels that arrived later with the served requests (feedback:) into a new data shard."""
+    from orchestrator import api
+
+    r = _guard(lambda: api.label(pipeline, labels))
+    if as_json:
+        print(json.dumps(r, indent=2))
+        return
+    console.print(f"[green]labelled[/] {r['joined']} row(s) → {', '.join(r['shards']) or 'no new shard'}; "
+                  f"{r['pending']} label(s) pending (request not served yet), {r['already_labelled']} already labelled")
+
+
+@app.command()
 def serve(pipeline: Path = typer.Argument(..., help="pipeline folder (pipeline.yaml + model.py)"),
           port: int = typer.Option(8000, help="HTTP port"),
           host: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0: all)"),

@@ -261,3 +261,27 @@ def test_feedback_location_default_and_inside_the_source_refused(tmp_path, home,
         f.write("\nfeedback:\n  enabled: true\n  location: ${PLASTER_HOME}/data/digits/shards/served\n")
     with pytest.raises(ConfigError, match="lies inside data.source: point it at a folder outside"):
         feedback.location(load_pipeline(digits, check=False), ws)
+
+
+def test_plaster_label_prints_the_counts_and_a_bad_label_exits_non_zero(tmp_path, home, digits):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    ws = Workspace.from_env()
+    pipeline = load_pipeline(digits, check=False)
+    _, x, y = _served("digits", tmp_path)
+    w = _writer(pipeline, ws)
+    _serve(w, x, y, "classification", [1, 1])
+    w.close()
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"request_id,label\nreq-0,{int(y[0])}\nreq-1,{int(y[1])}\nreq-9,4\n")
+    res = CliRunner().invoke(app, ["label", str(digits), str(csv)])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())  # rich wraps long lines at spaces
+    assert "labelled 2 row(s)" in said and "1 label(s) pending" in said
+
+    csv.write_text("request_id,label\nreq-0,10\n")
+    res = CliRunner().invoke(app, ["label", str(digits), str(csv)])
+    assert res.exit_code == 1
+    assert "row 0 (request_id 'req-0'): label=10 is not a class id in 0..9" in " ".join(res.output.split())
