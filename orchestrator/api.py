@@ -221,9 +221,12 @@ def approve(folder: str | Path, version: str, reason: str = "", registry=None) -
     return entry
 
 
-def rollback(folder: str | Path, reason: str, to: str | None = None, registry=None) -> dict[str, Any]:
+def rollback(folder: str | Path, reason: str, to: str | None = None, registry=None, expect: str | None = None,
+             who: str | None = None, extra: dict | None = None) -> dict[str, Any] | None:
     """Point `champion` back at `to` (default: `previous`); the version rolled away from
-    becomes `previous`, so a rollback can itself be undone.
+    becomes `previous`, so a rollback can itself be undone. With `expect` (the live gate's
+    automatic rollback) only if the champion is still that version: None, and nothing moved,
+    if someone moved it already. `who` and `extra` go into the ledger entry.
 
     Raises:
         GateError: no reason given, nothing to roll back to, or `to` is already the champion.
@@ -241,6 +244,8 @@ def rollback(folder: str | Path, reason: str, to: str | None = None, registry=No
     with records.PipelineLock(ws, name) as lock:
         lock.acquire(wait=False, holder=f"plaster rollback {name}")
         current = registry.alias(name, "champion")
+        if expect is not None and current != str(expect):
+            return None
         target = str(to) if to else registry.alias(name, "previous")
         if target is None:
             raise GateError(f"'{name}' has no `previous` version to roll back to; name one with --to VERSION")
@@ -251,7 +256,7 @@ def rollback(folder: str | Path, reason: str, to: str | None = None, registry=No
         if current is not None:
             registry.set_alias(name, "previous", current)
             registry.set_version_tags(name, current, {"plaster.rolled_back": "true", "plaster.rolled_back_reason": reason[:500]})
-        entry = ledger.record(ws, name, "champion", current, target, ledger.ROLLBACK, reason)
+        entry = ledger.record(ws, name, "champion", current, target, ledger.ROLLBACK, reason, who=who, extra=extra)
         # The version pages tell it too: a reviewer on v{current} sees who took it down, when and why.
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry["at"]))
         if current is not None:
@@ -265,11 +270,12 @@ def rollback(folder: str | Path, reason: str, to: str | None = None, registry=No
 def history(folder: str | Path, last: int = 50) -> dict[str, Any]:
     """Cycles with their decisions, timings and accuracy on new data (stale champion vs
     candidate), and every alias move from the ledger. Reads local records only (no MLflow)."""
-    from orchestrator import ledger
+    from orchestrator import ledger, rollout
 
     ws = Workspace.from_env()
     pipeline = load_pipeline(folder, check=False)
     moves = ledger.load(ws, pipeline.name)
+    rollouts = rollout.load(ws, pipeline.name)
     cycles = []
     for r in records.load_all(ws, pipeline.name)[-last:]:
         sc = r["stages"].get("validate", {}).get("output")
@@ -289,8 +295,10 @@ def history(folder: str | Path, last: int = 50) -> dict[str, Any]:
             "alias_moves": [m for m in moves if m.get("cycle_id") == r["id"]],
             # when the promote stage moved the alias: data_to_live_s ends here (report.lag_parts)
             "promoted_at": (r["stages"].get("promote", {}).get("output") or {}).get("decided_at"),
+            # how `plaster serve` moved traffic to it (canary, linear, shadow), if it did
+            "rollout": next((x for x in reversed(rollouts) if r["version"] and x["to"] == r["version"]), None),
         })
-    return {"pipeline": pipeline.name, "cycles": cycles, "alias_moves": moves,
+    return {"pipeline": pipeline.name, "cycles": cycles, "alias_moves": moves, "rollouts": rollouts,
             "slo": {"data_to_live_s": pipeline.config.slo.data_to_live_s}}
 
 

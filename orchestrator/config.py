@@ -352,9 +352,10 @@ class SloConfig(_Strict):
     """Service-level objectives of the pipeline's rate of learning: shown against, never enforced."""
 
     data_to_live_s: float | None = Field(
-        None, gt=0, description="seconds from the arrival of the oldest new shard to the champion alias moving, "
-                                "for promoted cycles; history, report and the daemon's metrics show the lag's "
-                                "p50/p95, the share within it and the budget left (this - p95); null: no objective")
+        None, gt=0, description="seconds from the arrival of the oldest new shard to the champion alias moving "
+                                "(and a canary or linear rollout completing), for promoted cycles; history, report "
+                                "and the daemon's metrics show the lag's p50/p95, the share within it and the budget "
+                                "left (this - p95); null: no objective")
 
 
 class RolloutConfig(_Strict):

@@ -19,7 +19,8 @@ from typing import Any
 from orchestrator import secrets
 from orchestrator.workspace import Workspace
 
-PROMOTE, APPROVE, ROLLBACK = "promote", "approve", "rollback"
+# REJECT: the live gate refused a shadowed challenger (the challenger alias goes, the champion stays).
+PROMOTE, APPROVE, ROLLBACK, REJECT = "promote", "approve", "rollback", "reject"
 
 
 def path(ws: Workspace, pipeline: str) -> Path:
@@ -35,10 +36,12 @@ def actor() -> str:
 
 
 def record(ws: Workspace, pipeline: str, alias: str, from_version: str | None, to_version: str | None, kind: str,
-           reason: str, cycle_id: str | None = None, who: str | None = None) -> dict[str, Any]:
+           reason: str, cycle_id: str | None = None, who: str | None = None,
+           extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Append one move; `extra` adds fields (an automatic rollback's detect_s and restore_s)."""
     entry = secrets.mask_obj({"at": time.time(), "pipeline": pipeline, "alias": alias, "from": from_version,
                               "to": to_version, "kind": kind, "actor": who or actor(), "reason": reason,
-                              "cycle_id": cycle_id})
+                              "cycle_id": cycle_id, **(extra or {})})
     p = path(ws, pipeline)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -40,8 +40,9 @@ def lag_parts(c: dict) -> dict[str, float] | None:
 
     - wait_s: the oldest new shard arriving → the cycle starting (waiting for a trigger);
     - cycle_s: the cycle starting → the champion alias moving (a resumed cycle's pause included);
-    - rollout_s: the alias moving → serving it: 0, as the move sends all traffic to the new version
-      at once (no staged rollout; `plaster serve`'s next alias poll and engine swap are not recorded).
+    - rollout_s: the alias moving → every request served by it: a completed canary or linear
+      rollout's length (rollout.py); 0 when the move sends all traffic at once (all_at_once, or no
+      `plaster serve` watching: its alias poll and engine swap are not recorded).
 
     The arrival is the alias move minus data_to_live_s (the record keeps the lag, not the arrival).
     A shard that arrived after the cycle started (and was still ingested) waited 0 s.
@@ -52,7 +53,9 @@ def lag_parts(c: dict) -> dict[str, float] | None:
     moved = [m["at"] for m in c.get("alias_moves", []) if m["alias"] == "champion" and m["kind"] == PROMOTE]
     live = c.get("promoted_at") or (moved[-1] if moved else None) or c["decided_at"] or c["started_at"] + lag
     wait = min(max(0.0, c["started_at"] - (live - lag)), lag)
-    return {"wait_s": wait, "cycle_s": lag - wait, "rollout_s": 0.0}
+    r = c.get("rollout")
+    staged = r is not None and r["outcome"] == "completed" and r["strategy"] in ("canary", "linear")
+    return {"wait_s": wait, "cycle_s": lag - wait, "rollout_s": max(0.0, r["at"] - live) if staged else 0.0}
 
 
 def lag_slo(cycles: list[dict], slo_s: float | None) -> dict[str, Any]:
@@ -61,12 +64,14 @@ def lag_slo(cycles: list[dict], slo_s: float | None) -> dict[str, Any]:
     - lag_promoted_cycles: how many PROMOTED cycles with a lag the figures cover;
     - lag_p50_s, lag_p95_s: numpy percentiles (linear interpolation) of their data_to_live_s;
     - lag_within_slo: share of them with lag <= SLO; slo_budget_s: SLO - p95 (negative: breached);
-    - lag_wait_p50_s, lag_cycle_p50_s, lag_rollout_s: the median of each part (lag_parts); rollout is 0.
+    - lag_wait_p50_s, lag_cycle_p50_s, lag_rollout_p50_s: the median of each part (lag_parts).
     Figures without data (or without an SLO) are None.
     """
     import numpy as np
 
-    lags = [c["data_to_live_s"] for c in cycles if c["decision"] == "PROMOTED" and c["data_to_live_s"] is not None]
+    # A staged rollout is part of the lag: the new data is live when every request gets it.
+    lags = [c["data_to_live_s"] + (lag_parts(c) or {}).get("rollout_s", 0.0) for c in cycles
+            if c["decision"] == "PROMOTED" and c["data_to_live_s"] is not None]
     parts = [p for p in map(lag_parts, cycles) if p is not None]
     p50, p95 = (float(v) for v in np.percentile(lags, [50, 95])) if lags else (None, None)
     has = bool(lags) and slo_s is not None
@@ -76,7 +81,7 @@ def lag_slo(cycles: list[dict], slo_s: float | None) -> dict[str, Any]:
         "slo_budget_s": slo_s - p95 if has else None,
         "lag_wait_p50_s": _median([p["wait_s"] for p in parts]),
         "lag_cycle_p50_s": _median([p["cycle_s"] for p in parts]),
-        "lag_rollout_s": 0.0 if parts else None,
+        "lag_rollout_p50_s": _median([p["rollout_s"] for p in parts]),
     }
 
 
@@ -119,9 +124,25 @@ def devops(history: dict, now: float | None = None) -> dict[str, Any]:
         "rollbacks": len(rollbacks),
         "change_failure_rate": len(rollbacks) / len(promotions) if promotions else None,
         "median_time_to_restore_s": _median(restores),
+        **live_gate_figures(history.get("rollouts") or []),
         "decisions": dict(Counter(c["decision"] or c["state"] for c in cycles)),
         **lag_slo(cycles, _slo(history)),
     }
+
+
+def live_gate_figures(rollouts: list[dict]) -> dict[str, Any]:
+    """What the live gate did (rollout.py's records):
+
+    - rollouts: canary, linear and shadow rollouts that ended (completed, rolled back, rejected, aborted);
+    - auto_rollbacks: those the live gate ended (a canary rolled back, a shadow rejected);
+    - median_time_to_detect_s: per automatic rollback, the new model's first request → the failing look;
+    - median_time_to_restore_traffic_s: per automatic rollback, that look → no request reaching it.
+    """
+    auto = [r for r in rollouts if r["outcome"] in ("rolled_back", "rejected")]
+    return {"rollouts": len(rollouts), "auto_rollbacks": len(auto),
+            "median_time_to_detect_s": _median([r["figures"]["detect_s"] for r in auto if "detect_s" in r["figures"]]),
+            "median_time_to_restore_traffic_s": _median([r["figures"]["restore_s"] for r in auto
+                                                         if "restore_s" in r["figures"]])}
 
 
 def _slo(history: dict) -> float | None:
@@ -150,7 +171,8 @@ def _signed(s: float | None) -> str:
 
 def _parts(c: dict) -> str:
     p = lag_parts(c)
-    return "—" if p is None else f"wait {_dur(p['wait_s'])} + cycle {_dur(p['cycle_s'])} + rollout 0s"
+    return "—" if p is None else \
+        f"wait {_dur(p['wait_s'])} + cycle {_dur(p['cycle_s'])} + rollout {_dur(p['rollout_s'])}"
 
 
 def _utc(ts: float) -> str:
@@ -191,6 +213,15 @@ def _move_cells(m: dict) -> dict[str, str]:
             "reason": m["reason"]}
 
 
+def _rollout_cells(r: dict) -> dict[str, str]:
+    f = r["figures"]
+    return {"time (UTC)": _utc(r["at"]), "rollout": f"{r['strategy']} v{r['from']} → v{r['to']}",
+            "outcome": r["outcome"], "length": _dur(r["seconds"]),
+            "requests": str(f.get("requests", "—")),
+            "detect / restore": "—" if "detect_s" not in f else f"{f['detect_s']:.1f}s / {1000 * f['restore_s']:.0f} ms",
+            "why": "; ".join(r["reasons"])}
+
+
 def _devops_rows(d: dict) -> list[tuple[str, str, str]]:
     """(figure, value, definition)."""
     cfr = d["change_failure_rate"]
@@ -204,6 +235,12 @@ def _devops_rows(d: dict) -> list[tuple[str, str, str]]:
          "rollbacks / promotions"),
         ("median time to restore", _dur(d["median_time_to_restore_s"]),
          "rolled-back version going live → its rollback"),
+        ("live gate", f"{d['auto_rollbacks']} automatic rollback(s) of {d['rollouts']} rollout(s)",
+         "canary, linear and shadow rollouts of `plaster serve`; rolled back or rejected by the live gate"),
+        ("time to detect / restore", f"{_dur(d['median_time_to_detect_s'])} / "
+         + ("—" if d["median_time_to_restore_traffic_s"] is None else
+            f"{1000 * d['median_time_to_restore_traffic_s']:.0f} ms"),
+         "medians over automatic rollbacks: the new model's first request → the failing look → no request reaching it"),
         ("decisions", ", ".join(f"{k} {n}" for k, n in d["decisions"].items()) or "—", "cycles by decision"),
         *_slo_rows(d),
     ]
@@ -221,10 +258,12 @@ def _slo_rows(d: dict) -> list[tuple[str, str, str]]:
          "promoted cycles whose lag <= SLO"),
         ("SLO budget left", _signed(budget) + (" (breached)" if budget is not None and budget < 0 else ""),
          "SLO - p95 lag; negative: the SLO is breached"),
-        ("lag by part (p50)", "—" if d["lag_rollout_s"] is None else
-         f"wait {_dur(d['lag_wait_p50_s'])}, cycle {_dur(d['lag_cycle_p50_s'])}, rollout 0s",
+        ("lag by part (p50)", "—" if d["lag_rollout_p50_s"] is None else
+         f"wait {_dur(d['lag_wait_p50_s'])}, cycle {_dur(d['lag_cycle_p50_s'])}, "
+         f"rollout {_dur(d['lag_rollout_p50_s'])}",
          "wait: oldest new shard arriving → cycle start (waiting for a trigger); cycle: start → champion alias "
-         "moved; rollout: alias moved → serving, 0 as the move sends all traffic at once (no staged rollout)"),
+         "moved; rollout: alias moved → every request on it (a canary or linear rollout; 0 when the move "
+         "sends all traffic at once)"),
     ]
 
 
@@ -266,6 +305,14 @@ def history_table(console: Console, history: dict) -> None:
         for move in history["alias_moves"]:
             m.add_row(*(Text(v) for v in _move_cells(move).values()))
         console.print(m)
+    if history.get("rollouts"):
+        r = Table(title="Rollouts (live gate)", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        cells = [_rollout_cells(x) for x in history["rollouts"]]
+        for col in cells[0]:
+            r.add_column(col, no_wrap=col != "why", overflow="fold")
+        for row in cells:
+            r.add_row(*(Text(v) for v in row.values()))
+        console.print(r)
     g = Table.grid(padding=(0, 2))
     for k, v, _ in _devops_rows(devops(history)):
         g.add_row(k, Text(v))
@@ -370,6 +417,8 @@ def write_html(history: dict, out: Path, now: float | None = None) -> list[Path]
     parts.append("<h2>Alias moves</h2>")
     parts.append(_table([_move_cells(m) for m in history["alias_moves"]]) if history["alias_moves"]
                  else "<p>The champion has not moved yet.</p>")
+    if history.get("rollouts"):
+        parts += ["<h2>Rollouts (live gate)</h2>", _table([_rollout_cells(r) for r in history["rollouts"]])]
     index = out / "index.html"
     index.write_text("\n".join(parts) + "\n</body></html>\n", encoding="utf-8")
     js = out / "history.json"

@@ -24,9 +24,11 @@ import asyncio
 import dataclasses
 import json
 import os
+import random
 import threading
 import time
 import urllib.request
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -38,6 +40,7 @@ from starlette.responses import JSONResponse
 
 from orchestrator.door import zero_inputs
 from orchestrator.errors import Interrupted, PlasterError, RegistryError
+from orchestrator.live_gate import agree
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 # A body that trickles in (or never ends) holds a replica slot and, at shutdown, the drain:
@@ -293,43 +296,169 @@ def _replica_grpc_on_loopback() -> None:
 class Champion:
     """The replica: answers POST /predict, GET /healthz and GET /version itself. A plain
     ASGI callable rather than a FastAPI ingress: FastAPI's routing and middleware cost ~150 us
-    of CPU a request in a replica (measured; the whole plain server spends ~365 us on one)."""
+    of CPU a request in a replica (measured; the whole plain server spends ~365 us on one).
 
-    def __init__(self, inputs: list[dict], max_batch: int, task: str = "classification"):
+    During a rollout (rollout.py) it holds a second engine, `new`, beside the champion it
+    serves, `engine`: a canary sends a share of requests to `new`, a shadow runs `new` on a
+    copy of every request. Each such watched request runs on both engines (order alternated),
+    so the live gate gets paired timings, errors and answers; a request the new engine fails
+    is answered by the old one (the client never sees the new model's failure)."""
+
+    def __init__(self, inputs: list[dict], max_batch: int, task: str = "classification", agree_within: float = 0.1,
+                 feedback: dict | None = None):
         _replica_grpc_on_loopback()
-        self.inputs, self.max_batch, self.task = inputs, max_batch, task
+        self.inputs, self.max_batch, self.task, self.agree_within = inputs, max_batch, task, agree_within
         self.engine: tuple[Callable[[dict], np.ndarray], dict] | None = None
+        self.new: tuple[Callable[[dict], np.ndarray], dict] | None = None
+        self.mode, self.fraction = None, 0.0  # "canary" or "shadow"; the canary's share
+        self._watched = _no_watch()
+        self._new_first = False
+        self.feedback = None
+        if feedback:
+            from orchestrator.feedback import Writer
+
+            self.feedback = Writer(Path(feedback["folder"]), inputs, task, feedback["flush_rows"], feedback["flush_s"])
         # Count examples, not requests: one engine call never exceeds the built max batch.
         self.infer.set_max_batch_size(max_batch)
 
-    async def reconfigure(self, champion: dict) -> None:
-        """Load the new champion's engine fully, then swap: requests in flight keep the old one."""
+    def _load(self, champion: dict):
         from orchestrator.engines import load_runner
 
-        def load():
-            runner = load_runner(champion["backend"], Path(champion["engine"]))
-            # first call allocates; not on a request
-            runner({i["name"]: np.zeros((1, *i["shape"]), i["dtype"]) for i in self.inputs})
-            return runner
-
-        runner = await asyncio.to_thread(load)
+        runner = load_runner(champion["backend"], Path(champion["engine"]))
+        # first call allocates; not on a request
+        runner({i["name"]: np.zeros((1, *i["shape"]), i["dtype"]) for i in self.inputs})
         info = {"version": champion["version"], "precision": champion["precision"], "backend": champion["backend"],
                 "engine": Path(champion["engine"]).name, "loaded_at": datetime.now(timezone.utc).isoformat()}
-        self.engine = (runner, info)
+        return runner, info
+
+    async def reconfigure(self, champion: dict) -> None:
+        """Load the new champion's engine fully, then swap: requests in flight keep the old one."""
+        self.engine = await asyncio.to_thread(self._load, champion)
+        self.new, self.mode = None, None  # a swap ends any rollout
 
     async def swap(self, champion: dict) -> None:
         """What the alias watcher calls to move the live replica to a new champion."""
         await self.reconfigure(champion)
 
+    async def start_watch(self, candidate: dict, mode: str, fraction: float) -> float:
+        """Load `candidate` beside the champion and start watching it: a canary answers
+        `fraction` of requests, a shadow a copy of all. Returns when it got traffic (time.time())."""
+        engine = await asyncio.to_thread(self._load, candidate)
+        self._watched = _no_watch()
+        self.new, self.mode, self.fraction = engine, mode, fraction
+        return time.time()
+
+    async def set_fraction(self, fraction: float) -> None:
+        self.fraction = fraction
+
+    async def take_watched(self) -> dict:
+        """What was watched since the last call (rollout.py folds it into live_gate.Watched),
+        and the rollout the replica is in (None after Serve restarted it)."""
+        out, self._watched = self._watched, _no_watch()
+        out["watching"] = self.new[1]["version"] if self.new else None
+        out["fraction"] = self.fraction if self.mode == "canary" else None
+        await self.flush_feedback()
+        return out
+
+    async def end_watch(self, keep_new: bool) -> float:
+        """Complete (the new engine answers everything) or roll back (the old one does);
+        returns the moment no request reaches the other one (time.time())."""
+        if keep_new and self.new is not None:
+            self.engine = self.new
+        self.new, self.mode, self.fraction = None, None, 0.0
+        return time.time()
+
+    async def flush_feedback(self) -> None:
+        """Write the feedback buffer if it is due: the watcher calls this each poll, so a quiet
+        server's last requests reach a shard within flush_s (plus a poll)."""
+        if self.feedback is not None and self.feedback.due():
+            self.feedback.flush()
+
+    async def close_feedback(self) -> None:
+        """Write what feedback is buffered (`Server.stop`, before the replica goes)."""
+        if self.feedback is not None:
+            self.feedback.close()
+
+    def __del__(self):
+        # Serve calls this at a graceful shutdown: the last feedback batch is written then.
+        if getattr(self, "feedback", None) is not None:
+            self.feedback.close()
+
+    def _run(self, runner, x: dict) -> tuple[np.ndarray | None, float]:
+        t0 = time.perf_counter()
+        try:
+            return runner(x), time.perf_counter() - t0
+        except Exception:
+            return None, time.perf_counter() - t0
+
+    def _watch(self, batches: list[dict], old, new) -> list[tuple]:
+        """Run a group of requests on both engines; record what the live gate judges."""
+        x = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]} if len(batches) > 1 else batches[0]
+        self._new_first = not self._new_first  # neither engine always runs on a warm cache
+        if self._new_first:
+            new_out, new_s = self._run(new[0], x)
+            old_out, old_s = self._run(old[0], x)
+        else:
+            old_out, old_s = self._run(old[0], x)
+            new_out, new_s = self._run(new[0], x)
+        sizes = [len(next(iter(b.values()))) for b in batches]
+        cuts = np.cumsum(sizes)[:-1]
+        w = self._watched
+        w["requests"] += len(batches)
+        if old_out is None:  # the champion fails on these: as without a rollout, the requests fail
+            w["old_errors"] += len(batches)
+            raise RuntimeError("the engine failed on this batch")
+        olds = np.split(old_out, cuts)
+        if new_out is None:  # find which requests the new engine fails: they are its errors
+            news = [self._run(new[0], b)[0] for b in batches]
+        else:
+            w["new_s"].append(new_s)
+            w["old_s"].append(old_s)
+            news = np.split(new_out, cuts)
+        out = []
+        for o, n in zip(olds, news):
+            if n is None:
+                w["new_errors"] += 1
+                out.append((o, old[1], None))
+                continue
+            same = agree(n, o, self.task, self.agree_within)
+            w["examples"] += len(same)
+            w["agreed"] += int(same.sum())
+            if self.mode == "canary":
+                out.append((n, new[1], None))
+            else:  # shadow: the client gets the champion's answer; the feedback keeps both
+                out.append((o, old[1], (n, new[1])))
+        return out
+
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=BATCH_WAIT_S,
                  batch_size_fn=lambda batches: sum(len(next(iter(b.values()))) for b in batches))
-    async def infer(self, batches: list[dict[str, np.ndarray]]) -> list[tuple[np.ndarray, dict]]:
-        runner, info = self.engine  # one engine for the whole batch, even if a swap lands now
-        if len(batches) == 1:
-            return [(runner(batches[0]), info)]
-        outputs = runner({k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
-        sizes = [len(next(iter(b.values()))) for b in batches]
-        return [(out, info) for out in np.split(outputs, np.cumsum(sizes)[:-1])]
+    async def infer(self, batches: list[dict[str, np.ndarray]]) -> list[tuple[np.ndarray, dict, tuple | None]]:
+        old, new = self.engine, self.new  # the same engines for the whole batch, even if a swap lands now
+        if new is None:
+            runner, info = old
+            if len(batches) == 1:
+                return [(runner(batches[0]), info, None)]
+            outputs = runner({k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
+            sizes = [len(next(iter(b.values()))) for b in batches]
+            return [(out, info, None) for out in np.split(outputs, np.cumsum(sizes)[:-1])]
+        if self.mode == "shadow":
+            return self._watch(batches, old, new)
+        watched = [random.random() < self.fraction for _ in batches]
+        out: list = [None] * len(batches)
+        for flag in (True, False):
+            idx = [i for i, w in enumerate(watched) if w == flag]
+            if not idx:
+                continue
+            group = [batches[i] for i in idx]
+            if flag:
+                answers = self._watch(group, old, new)
+            else:
+                x = {k: np.concatenate([b[k] for b in group]) for k in group[0]} if len(group) > 1 else group[0]
+                answers = [(o, old[1], None) for o in np.split(old[0](x), np.cumsum([len(next(iter(b.values())))
+                                                                                       for b in group])[:-1])]
+            for i, a in zip(idx, answers):
+                out[i] = a
+        return out
 
     async def __call__(self, request: Request) -> JSONResponse:
         path, method = request.scope["path"], request.scope["method"]
@@ -343,7 +472,9 @@ class Champion:
             return await self.predict(request)
         if path == "/healthz":
             return JSONResponse({"status": "ok", "version": self.engine[1]["version"]})
-        return JSONResponse(self.engine[1])
+        rollout = {"rollout": {"mode": self.mode, "version": self.new[1]["version"],
+                               "fraction": self.fraction if self.mode == "canary" else None}} if self.new else {}
+        return JSONResponse({**self.engine[1], **rollout})
 
     async def predict(self, request: Request) -> JSONResponse:
         too_big = BadInput(413, f"body over {MAX_BODY_BYTES} bytes: split the batch")
@@ -359,14 +490,30 @@ class Champion:
         except TimeoutError:
             return JSONResponse({"error": f"the body did not arrive within {BODY_TIMEOUT_S:g} s: send it whole"},
                                 status_code=408)
-        outputs, info = await self.infer(x)
-        return JSONResponse({"outputs": outputs.tolist(), "predictions": answer(outputs, self.task),
-                             "version": info["version"], "precision": info["precision"], "backend": info["backend"]})
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        outputs, info, shadow = await self.infer(x)
+        predictions = answer(outputs, self.task)
+        if self.feedback is not None:
+            self.feedback.add(request_id, x, predictions, info["version"], time.time(),
+                              shadow={"version": shadow[1]["version"], "prediction": answer(shadow[0], self.task)}
+                              if shadow else None)
+            if self.feedback.due():
+                # On the event loop, not a thread: add() and flush() share the buffer. A shard
+                # of flush_rows rows takes a few ms to write.
+                self.feedback.flush()
+        return JSONResponse({"outputs": outputs.tolist(), "predictions": predictions, "request_id": request_id,
+                             "version": info["version"], "precision": info["precision"], "backend": info["backend"]},
+                            headers={"X-Request-Id": request_id})
+
+
+def _no_watch() -> dict:
+    return {"new_s": [], "old_s": [], "requests": 0, "new_errors": 0, "old_errors": 0, "examples": 0, "agreed": 0}
 
 
 def app(args: dict):
     """The application builder the declarative config names by import path."""
-    return Champion.bind(args["inputs"], args["max_batch"], args.get("task", "classification"))
+    return Champion.bind(args["inputs"], args["max_batch"], args.get("task", "classification"),
+                         args.get("agree_within", 0.1), args.get("feedback"))
 
 
 def _get(url: str) -> dict | None:
@@ -393,11 +540,17 @@ def _listening(url: str) -> bool:
 class Server:
     """A running application serving a pipeline's champion; `stop()` takes it down."""
 
-    def __init__(self, pipeline, registry, versions: Path, url: str, poll_s: float, say: Callable[[str], None]):
-        self.pipeline, self.registry, self.versions = pipeline, registry, versions
-        self.url, self.poll_s, self.say = url, poll_s, say
+    def __init__(self, pipeline, registry, ws, url: str, poll_s: float, say: Callable[[str], None]):
+        self.pipeline, self.registry, self.ws = pipeline, registry, ws
+        self.versions = ws.home / "versions" / pipeline.name
+        self.url, self.say = url, say
+        # The live gate looks at each poll: a rollout polls at least as often as it asks.
+        self.poll_s = min(poll_s, pipeline.config.rollout.check_s) if pipeline.config.rollout.strategy != \
+            "all_at_once" else poll_s
         self.app = f"plaster-{pipeline.name}"
-        self.version: str | None = None
+        self.version: str | None = None  # the champion every request not in a rollout gets
+        self.rollout = None  # rollout.Rollout while one runs
+        self._shadowed: set[str] = set()  # challengers a shadow already judged (or could not)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"{self.app}-watcher", daemon=True)
 
@@ -422,6 +575,11 @@ class Server:
             if self._thread.is_alive():
                 self.say(f"the alias watcher is still in a registry call after {WATCHER_JOIN_S:g} s; not waiting for it")
         if self.app in serve.status().applications:
+            if self.pipeline.config.feedback.enabled:  # the last feedback batch, before the replica goes
+                try:
+                    self._call("close_feedback", timeout=10)
+                except Exception as e:
+                    self.say(f"could not write the last feedback batch: {e}")
             serve.delete(self.app)
             self.say("application deleted")
         if not serve.status().applications:  # frees the HTTP port; others' apps keep Serve up
@@ -454,7 +612,7 @@ class Server:
         _get_global_client().deploy_apps(ServeDeploySchema(applications=[{
             "name": self.app, "route_prefix": "/", "import_path": "orchestrator.serving:app",
             "args": {"inputs": [dataclasses.asdict(i) for i in self.pipeline.inputs], "max_batch": cfg.build.max_batch,
-                     "task": cfg.task},
+                     "task": cfg.task, "agree_within": cfg.rollout.agree_within, "feedback": self._feedback()},
             "deployments": [{"name": "Champion", "user_config": champion}],
             "logging_config": SERVE_LOGS,
         }]))
@@ -474,31 +632,107 @@ class Server:
         self.say(f"serving {self.pipeline.name} v{self.version} ({champion['precision']}, {champion['backend']}) "
                  f"at {self.url}")
 
+    def _feedback(self) -> dict | None:
+        f = self.pipeline.config.feedback
+        if not f.enabled:
+            return None
+        from orchestrator.feedback import location
+
+        return {"folder": str(location(self.pipeline, self.ws)), "flush_rows": f.flush_rows, "flush_s": f.flush_s}
+
+    def _call(self, method: str, *args, timeout: float = 60):
+        """Call a method of the live replica and wait for its answer."""
+        return getattr(serve.get_deployment_handle("Champion", self.app), method).remote(*args).result(
+            timeout_s=timeout)
+
     def _swap(self, champion: dict, timeout: float) -> None:
         """Hand the live replica a new champion through a Serve handle: it runs `reconfigure`
         in place and answers once the new engine serves. Not a new user_config: Serve then
         marks the replica UPDATING, routes around it meanwhile (HAProxy to Serve's Python
         proxy and back: two HAProxy reloads) and requests slowed to 100-370 ms after each swap."""
-        serve.get_deployment_handle("Champion", self.app).swap.remote(champion).result(timeout_s=timeout)
+        self._call("swap", champion, timeout=timeout)
         self.version = champion["version"]
         self.say(f"serving {self.pipeline.name} v{self.version} ({champion['precision']}, {champion['backend']}) "
                  f"at {self.url}")
+
+    def _roll(self, version: str, old: str) -> None:
+        """Start a canary, linear or shadow rollout of `version` beside `old` (rollout.py)."""
+        from orchestrator.rollout import Rollout
+
+        self.rollout = Rollout(self.ws, self.pipeline, self.registry, lambda m, *a: self._call(m, *a),
+                               self._champion(old), self._champion(version), self.say)
+        self.rollout.begin()
+
+    def _rolled_back_to(self, version: str) -> bool:
+        """Whether the champion's last move to `version` was a rollback: that goes at once."""
+        from orchestrator import ledger
+
+        moves = [m for m in ledger.load(self.ws, self.pipeline.name) if m.get("alias") == "champion"]
+        return bool(moves) and moves[-1].get("to") == version and moves[-1].get("kind") == ledger.ROLLBACK
+
+    def _shadow_candidate(self) -> str | None:
+        """A challenger a cycle left for the shadow, validated against the champion served now."""
+        version = self.registry.alias(self.pipeline.name, "challenger")
+        if version is None or version in self._shadowed:
+            return None
+        tags = self.registry.version_tags(self.pipeline.name, version)
+        if tags.get("plaster.awaiting_shadow") != "true":
+            return None
+        if (tags.get("plaster.validated_against") or None) != self.version:
+            self._shadowed.add(version)
+            self.say(f"v{version} was validated against v{tags.get('plaster.validated_against') or '(none)'}, not the "
+                     f"champion v{self.version}: not shadowing it; `plaster gate {self.pipeline.folder} --candidate "
+                     f"{version}` judges it again")
+            return None
+        return version
+
+    def _look(self) -> None:
+        """One poll: follow the champion alias, and advance or start a rollout."""
+        strategy = self.pipeline.config.rollout.strategy
+        version = self.registry.alias(self.pipeline.name, "champion")
+        if self._stop.is_set():  # stop() came while the registry answered: no swap now
+            return
+        r = self.rollout
+        if r is not None:
+            # The alias should stay where the rollout expects it: the new version during a canary
+            # (until its own rollback moves it back), the old one during a shadow.
+            expected = {r.new["version"]} if strategy != "shadow" else {r.old["version"]}
+            if r.moving_alias:  # its own verdict is moving the alias
+                expected |= {r.new["version"], r.old["version"]}
+            if version in expected:
+                if r.tick():
+                    if r.outcome == "completed":
+                        self.version = r.new["version"]
+                    self.rollout = None
+                    if r.strategy == "shadow":
+                        self._shadowed.add(r.new["version"])
+                return
+            r.abort(f"the champion alias moved to v{version} during the rollout")
+            self.say(f"{r.strategy} of v{r.new['version']} stopped: the champion alias moved to v{version}")
+            self.rollout = None
+        if version is not None and version != self.version:
+            if strategy in ("canary", "linear") and self.version is not None and not self._rolled_back_to(version):
+                self.say(f"champion moved to v{version}: {strategy} from v{self.version}…")
+                self._roll(version, self.version)
+            else:
+                self.say(f"champion moved to v{version}: swapping from v{self.version}…")
+                self._swap(self._champion(version), timeout=60)
+        elif strategy == "shadow" and (candidate := self._shadow_candidate()):
+            self.say(f"challenger v{candidate} awaits its shadow: shadowing it beside v{self.version}…")
+            self._roll(candidate, self.version)
+        elif (_get(f"{self.url}/version") or {}).get("version") not in (None, self.version):
+            # A replica Serve restarted starts on the champion deployed at start: hand
+            # it the current one.
+            self.say(f"the replica came back serving an older champion: swapping it to v{self.version}…")
+            self._swap(self._champion(self.version), timeout=60)
 
     def _watch(self) -> None:
         last_error = None
         while not self._stop.wait(self.poll_s):
             try:
-                version = self.registry.alias(self.pipeline.name, "champion")
-                if self._stop.is_set():  # stop() came while the registry answered: no swap now
-                    return
-                if version is not None and version != self.version:
-                    self.say(f"champion moved to v{version}: swapping from v{self.version}…")
-                    self._swap(self._champion(version), timeout=60)
-                elif (_get(f"{self.url}/version") or {}).get("version") not in (None, self.version):
-                    # A replica Serve restarted starts on the champion deployed at start: hand
-                    # it the current one.
-                    self.say(f"the replica came back serving an older champion: swapping it to v{self.version}…")
-                    self._swap(self._champion(self.version), timeout=60)
+                self._look()
+                if self.rollout is None and self.pipeline.config.feedback.enabled:
+                    self._call("flush_feedback", timeout=30)  # a rollout's look flushes it already
                 last_error = None
             # The thread must outlive a flaky registry or a broken bundle: keep serving the
             # current engine and try again at the next poll, reporting each problem once.
@@ -633,7 +867,7 @@ def start(folder, port: int = 8000, host: str = "127.0.0.1", poll_s: float = 1.0
     if version is None:
         raise RegistryError(f"'{pipeline.name}' has no champion to serve: run a cycle first (`plaster run {folder}`) "
                             "or approve a held version (`plaster approve`)")
-    server = Server(pipeline, registry, ws.home / "versions" / pipeline.name, f"http://{host}:{port}", poll_s, say)
+    server = Server(pipeline, registry, ws, f"http://{host}:{port}", poll_s, say)
     champion = server._champion(version)
     ensure_ray(ws)
     if stop is not None and stop.is_set():  # asked to stop while Ray started: start nothing more

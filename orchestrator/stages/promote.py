@@ -108,6 +108,15 @@ def run(ctx: StageContext, snapshot: Snapshot, checkpoint: Checkpoint, onnx_mode
 
     if current != scorecard.champion_version:
         raise ChampionMoved(f"champion moved from v{scorecard.champion_version} to v{current} during the cycle")
+    if ctx.pipeline.config.rollout.strategy == "shadow" and current is not None:
+        # The live gate promotes it: `plaster serve` runs it on a copy of live traffic first (rollout.py).
+        ctx.registry.set_version_tags(name, version, {"plaster.awaiting_shadow": "true",
+                                                      "plaster.validated_against": current})
+        ctx.registry.append_to_description(name, version, "**HELD for its shadow**: `plaster serve` runs it beside "
+                                           f"v{current} on live requests; its live gate moves the champion alias.")
+        ctx.say(f"v{version} passed the gate; held as challenger for its shadow rollout")
+        return Promotion(Decision.HELD, version, current, current, time.time(),
+                         reasons + ("rollout: shadow; the live gate of `plaster serve` promotes it",))
     if current is not None:
         ctx.registry.set_alias(name, PREVIOUS, current)
     ctx.registry.set_alias(name, CHAMPION, version)

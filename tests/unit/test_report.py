@@ -79,7 +79,9 @@ def test_devops_empty_and_undecided():
                  "median_cycle_time_s": None, "rollbacks": 0, "change_failure_rate": None,
                  "median_time_to_restore_s": None, "decisions": {}, "slo_data_to_live_s": None,
                  "lag_promoted_cycles": 0, "lag_p50_s": None, "lag_p95_s": None, "lag_within_slo": None,
-                 "slo_budget_s": None, "lag_wait_p50_s": None, "lag_cycle_p50_s": None, "lag_rollout_s": None}
+                 "slo_budget_s": None, "lag_wait_p50_s": None, "lag_cycle_p50_s": None, "lag_rollout_p50_s": None,
+                 "rollouts": 0, "auto_rollbacks": 0, "median_time_to_detect_s": None,
+                 "median_time_to_restore_traffic_s": None}
     h = empty()
     h["cycles"] = [dict(cycle("c8", T0, 10.0, None, None), state="failed", decided_at=None, cycle_time_s=None)]
     assert report.devops(h, now=T0)["decisions"] == {"failed": 1}
@@ -155,7 +157,7 @@ def test_devops_slo_figures():
     assert d["lag_within_slo"] == pytest.approx(0.5)
     assert d["slo_budget_s"] == pytest.approx(-27.0)
     # cycle 1: 100 s cycle, lag 150 → waited 50; cycle 2: 60 s, lag 90 → waited 30 (alias moved at decision)
-    assert (d["lag_wait_p50_s"], d["lag_cycle_p50_s"], d["lag_rollout_s"]) == pytest.approx((40.0, 80.0, 0.0))
+    assert (d["lag_wait_p50_s"], d["lag_cycle_p50_s"], d["lag_rollout_p50_s"]) == pytest.approx((40.0, 80.0, 0.0))
     assert report.devops(with_slo(200.0), now=T3 + 60)["slo_budget_s"] == pytest.approx(53.0)
 
 
@@ -164,14 +166,14 @@ def test_history_table_slo(width):
     console = Console(record=True, width=width)
     report.history_table(console, with_slo())
     text = console.export_text()
-    for s in ("2.5m > SLO", "wait 50.0s + cycle 100.0s", "wait 30.0s + cycle 60.0s", "rollout 0s", "tra 26.5"):
+    for s in ("2.5m > SLO", "wait 50.0s + cycle 100.0s", "wait 30.0s + cycle 60.0s", "rollout 0.0s", "tra 26.5"):
         assert s in text, s
     assert "90.0s > SLO" not in text and "lag 90.0s" in text  # the 90 s lag is within the 120 s SLO
     assert re.search(r"data-to-live SLO +2.0m", text)
     assert re.search(r"lag p50 / p95 +2.0m / 2.5m over 2 promoted cycle\(s\)", text)
     assert re.search(r"within SLO +50.0% \(1 of 2\)", text)
     assert re.search(r"SLO budget left +-27.0s \(breached\)", text)
-    assert re.search(r"lag by part \(p50\) +wait 40.0s, cycle 80.0s, rollout 0s", text)
+    assert re.search(r"lag by part \(p50\) +wait 40.0s, cycle 80.0s, rollout 0.0s", text)
     assert max(len(line) for line in text.splitlines()) <= width
 
 
@@ -195,7 +197,7 @@ def test_write_html_slo(tmp_path, monkeypatch):
     assert len(slo) == 1 and list(slo[0].get_ydata()) == [120.0, 120.0]  # a horizontal line at the SLO
     page = (out / "index.html").read_text(encoding="utf-8")
     for s in ("data-to-live SLO", "2.0m / 2.5m over 2 promoted cycle(s)", "-27.0s (breached)",
-              "lag: wait + cycle + rollout", "wait 50.0s + cycle 100.0s + rollout 0s", "all traffic at once"):
+              "lag: wait + cycle + rollout", "wait 50.0s + cycle 100.0s + rollout 0.0s", "all traffic at once"):
         assert s in page, s
     data = json.loads((out / "history.json").read_text())
     assert data["slo"] == {"data_to_live_s": 120.0} and data["devops"]["slo_budget_s"] == pytest.approx(-27.0)

@@ -42,7 +42,7 @@ def test_figures_against_hand_computed_percentiles():
     assert f["slo_data_to_live_s"] == 250.0
     assert f["lag_wait_p50_s"] == pytest.approx(80.0)  # waits 40, 300, 120, 0
     assert f["lag_cycle_p50_s"] == pytest.approx(90.0)  # cycles 60, 100, 80, 300
-    assert f["lag_rollout_s"] == 0.0
+    assert f["lag_rollout_p50_s"] == 0.0
 
 
 def test_budget_sign_and_boundary():
@@ -61,7 +61,7 @@ def test_without_slo_or_promotions():
     f = report.lag_slo([cycle("REJECTED", T0, 50.0)], 60.0)
     assert f == {"slo_data_to_live_s": 60.0, "lag_promoted_cycles": 0, "lag_p50_s": None, "lag_p95_s": None,
                  "lag_within_slo": None, "slo_budget_s": None, "lag_wait_p50_s": None, "lag_cycle_p50_s": None,
-                 "lag_rollout_s": None}
+                 "lag_rollout_p50_s": None}
 
 
 def test_breakdown_parts_add_up_to_the_lag():
