@@ -19,27 +19,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-demo: setup
-	$(BIN)/plaster simulate pipelines/digits --shards 4
-	$(BIN)/plaster run pipelines/digits
-	$(BIN)/plaster simulate pipelines/digits --shards 4
-	$(BIN)/plaster run pipelines/digits
-	$(BIN)/plaster status pipelines/digits
-
-# The lake reference pipelines: two cycles each, the second learning only the days appended after the first.
-demo-lake: setup
-	$(BIN)/plaster simulate pipelines/lake --shards 4
-	$(BIN)/plaster run pipelines/lake
-	$(BIN)/plaster simulate pipelines/lake --shards 4
-	$(BIN)/plaster run pipelines/lake
-	$(BIN)/plaster status pipelines/lake
-
-demo-iceberg: setup
-	$(BIN)/plaster simulate pipelines/iceberg --shards 4
-	$(BIN)/plaster run pipelines/iceberg
-	$(BIN)/plaster simulate pipelines/iceberg --shards 4
-	$(BIN)/plaster run pipelines/iceberg
-	$(BIN)/plaster status pipelines/iceberg
+# The reference pipelines, two cycles each: the second learns only the data simulated after the
+# first (for the lake pipelines, only the table versions appended after it).
+demo: pipeline := digits
+demo-lake: pipeline := lake
+demo-iceberg: pipeline := iceberg
+demo demo-lake demo-iceberg: setup
+	$(BIN)/plaster simulate pipelines/$(pipeline) --shards 4
+	$(BIN)/plaster run pipelines/$(pipeline)
+	$(BIN)/plaster simulate pipelines/$(pipeline) --shards 4
+	$(BIN)/plaster run pipelines/$(pipeline)
+	$(BIN)/plaster status pipelines/$(pipeline)
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -450,6 +450,23 @@ def _say_profile(console, label: str, r: dict) -> None:
         console.print(f"    {parent} -> " + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in list(kids.items())[:7]) + " (ms)")
 
 
+def _first_cycle(args, folder: Path, home: Path, label: str, learns: int, console, name: str = NAME) -> dict:
+    """The one cycle that makes the champion part C needs, learning `learns` files: its seconds."""
+    s = summary(run_cycle(folder, home, args.cycle_timeout, name))
+    if s["decision"] != "PROMOTED" or s["new_shards"] != learns:
+        sys.exit(f"{label}: the first cycle was {s['decision']} on {s['new_shards']} file(s); "
+                 "a champion that learned them all is needed")
+    console.print(f"  {s['decision']} in {s['wall_s']:.0f} s (ingest {s['stage_s']['ingest']:.1f} s)")
+    return {"wall_s": s["wall_s"], "ingest_s": s["stage_s"]["ingest"], "cycle_s": s["cycle_s"]}
+
+
+def _say_ingests(console, res: dict[int, dict], label) -> None:
+    """Part C's ingest timings per case, `label(n)` naming the case."""
+    for n, r in res.items():
+        console.print(f"  {label(n)}: ingest {r['median_s'] * 1e3:.0f} ms ({r['min_s'] * 1e3:.0f}-{r['max_s'] * 1e3:.0f})")
+        _say_profile(console, label(n), r)
+
+
 def part_c1(args, tmp: Path, folder: Path, console) -> dict:
     """A partitioned Parquet dataset of `big` vs `small` day files, the champion knowing all but the last `new`."""
     from orchestrator import folder_source
@@ -468,12 +485,7 @@ def part_c1(args, tmp: Path, folder: Path, console) -> dict:
         for d in days[big - n: big - new]:
             shutil.copytree(d, src / d.name)
         console.print(f"C1 {n:,} files: one first cycle learning {n - new:,}…")
-        s = summary(run_cycle(folder, home, args.cycle_timeout))
-        if s["decision"] != "PROMOTED" or s["new_shards"] != n - new:
-            sys.exit(f"C1 {n}: the first cycle was {s['decision']} on {s['new_shards']} file(s); "
-                     "a champion that learned them all is needed")
-        first[n] = {"wall_s": s["wall_s"], "ingest_s": s["stage_s"]["ingest"], "cycle_s": s["cycle_s"]}
-        console.print(f"  {s['decision']} in {s['wall_s']:.0f} s (ingest {s['stage_s']['ingest']:.1f} s)")
+        first[n] = _first_cycle(args, folder, home, f"C1 {n}", n - new, console)
         for d in days[big - new:]:
             shutil.copytree(d, src / d.name)
         cache = home / "cache" / f"sha256-{NAME}.json"
@@ -495,9 +507,7 @@ def part_c1(args, tmp: Path, folder: Path, console) -> dict:
         scan = folder_source.scan(load_pipeline(folder))
         res[n].update(files=n, learned=n - new, data_files_listed=len(scan.files), debris_listed=len(scan.skipped),
                       first_cycle=first[n])
-        console.print(f"  C1 {n:,} files: ingest {res[n]['median_s'] * 1e3:.0f} ms "
-                      f"({res[n]['min_s'] * 1e3:.0f}-{res[n]['max_s'] * 1e3:.0f})")
-        _say_profile(console, f"C1 {n:,} files", res[n])
+    _say_ingests(console, res, lambda n: f"C1 {n:,} files")
     return {"files": [small, big], "rows_per_file": args.dataset_rows, "new_files": new,
             "layout": "day=YYYY-MM-DD/part-00000-<uuid>.snappy.parquet + _SUCCESS per day folder, one file a day",
             "sizes": {str(n): r for n, r in res.items()},
@@ -524,12 +534,7 @@ def part_c2(args, tmp: Path, console) -> dict:
             write_deltalake(str(table), lake.day_rows(k), mode="append", partition_by=["day"])
         console.print(f"C2 {n:,} versions: {n - new:,} appends in {time.perf_counter() - t0:.0f} s; "
                       f"one first cycle learning them…")
-        s = summary(run_cycle(folder, home, args.cycle_timeout, "lake"))
-        if s["decision"] != "PROMOTED" or s["new_shards"] != n - new:
-            sys.exit(f"C2 {n}: the first cycle was {s['decision']} on {s['new_shards']} file(s); "
-                     "a champion that learned them all is needed")
-        first[n] = {"wall_s": s["wall_s"], "ingest_s": s["stage_s"]["ingest"], "cycle_s": s["cycle_s"]}
-        console.print(f"  {s['decision']} in {s['wall_s']:.0f} s (ingest {s['stage_s']['ingest']:.1f} s)")
+        first[n] = _first_cycle(args, folder, home, f"C2 {n}", n - new, console, "lake")
         for k in range(big - new, big):
             write_deltalake(str(table), lake.day_rows(k), mode="append", partition_by=["day"])
         log = table / "_delta_log"
@@ -547,9 +552,7 @@ def part_c2(args, tmp: Path, console) -> dict:
     res = _time_ingests(args, folder, homes, tmp, "c2", lambda home: None, check)
     for n in homes:
         res[n].update(info[n])
-        console.print(f"  C2 {n:,} versions (checkpoints at {info[n]['checkpoints']}): ingest "
-                      f"{res[n]['median_s'] * 1e3:.0f} ms ({res[n]['min_s'] * 1e3:.0f}-{res[n]['max_s'] * 1e3:.0f})")
-        _say_profile(console, f"C2 {n:,} versions", res[n])
+    _say_ingests(console, res, lambda n: f"C2 {n:,} versions (checkpoints at {info[n]['checkpoints']})")
     return {"versions": [small, big], "rows_per_version": lake.ROWS_PER_DAY, "new_versions": new,
             "checkpoints": "deltalake's default (delta.checkpointInterval unset: a checkpoint every 100 commits)",
             "sizes": {str(n): r for n, r in res.items()},
