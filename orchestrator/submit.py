@@ -3,7 +3,9 @@
 The pipeline folder becomes the job's working_dir and the orchestrator package a py_module,
 so every node gets both through runtime_env whether or not plaster is installed there (its
 dependencies must be). The job runs `python -m orchestrator.cli run . --json`; the record it
-prints last is how `--follow` learns the cycle's outcome.
+prints last is how `--follow` learns the cycle's outcome. Nothing beside the folder ships, so
+a model.py shared by pipelines is a link in each folder (Ray packs the file it points to),
+never an import of a sibling folder's file.
 
 Token auth: Ray's client reads RAY_AUTH_MODE=token and the token from RAY_AUTH_TOKEN,
 RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; `token` here overrides them.

@@ -32,7 +32,7 @@ DAY = 250  # rows per day (pipelines/lake/simulate.py ROWS_PER_DAY)
 
 
 def _pipelines(tmp: Path, which: str, **overrides) -> Path:
-    """Copies of the lake/iceberg reference pipelines (with tabular, whose model and stream they load),
+    """Copies of the lake/iceberg reference pipelines (with tabular, whose stream their simulators load),
     made fast: few epochs, the fp32 engine only, short timing; the gate keeps its accuracy rules, loosened,
     so these cycles promote and the next learns after them (judging models is test_cycle's)."""
     for name in ("tabular", "lake", "iceberg"):

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pipelines(tmp_path, name):
-    # The lake pipelines load the tabular model and stream from their sibling folder.
+    # The lake pipelines' simulators load the tabular stream from its folder.
     for p in ("tabular", name):
         shutil.copytree(ROOT / "pipelines" / p, tmp_path / "pipelines" / p)
     return tmp_path / "pipelines" / name

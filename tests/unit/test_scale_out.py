@@ -3,6 +3,7 @@ submitted job carries."""
 
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +12,8 @@ from orchestrator.errors import ConfigError, TrainingError
 from orchestrator.stages.train import plan_workers
 from orchestrator.storage import Storage
 from orchestrator.submit import job_spec
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _train(workers=2, use_gpu="auto"):
@@ -79,6 +82,29 @@ def test_job_spec_ships_the_pipeline_and_the_package_and_forwards_where_results_
     yaml_file = digits / "pipeline.yaml"
     yaml_file.write_text(yaml_file.read_text().replace("build:\n", "build:\n  serving_gpu: H100\n"))
     assert job_spec(digits)["entrypoint_resources"] == {"accelerator_type:H100": 0.001}
+
+
+@pytest.mark.parametrize("name", ["lake", "iceberg"])
+def test_the_working_dir_a_lake_pipeline_ships_is_the_whole_pipeline(name, home, tmp_path):
+    """The lake pipelines learn the tabular model: what Ray uploads as the job's working_dir (its
+    own packaging of the folder) must hold it, and so must model.py's source alone, which is what
+    Ray Train workers get."""
+    import zipfile
+
+    import torch
+    from ray._private.runtime_env.packaging import create_package
+
+    from orchestrator.config import load_module, load_pipeline
+
+    env = job_spec(ROOT / "pipelines" / name)["runtime_env"]
+    create_package(env["working_dir"], tmp_path / "job.zip", include_gitignore=True, excludes=env["excludes"])
+    shipped = tmp_path / "cluster" / "working_dir"  # no sibling pipelines beside it on the cluster
+    zipfile.ZipFile(tmp_path / "job.zip").extractall(shipped)
+    assert sorted(p.name for p in shipped.iterdir()) == ["model.py", "pipeline.yaml", "simulate.py"]
+    pipeline = load_pipeline(shipped)  # check_model: builds the model from the shipped model.py
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "model.py").write_text(pipeline.model_file.read_text())
+    assert load_module(tmp_path / "worker" / "model.py").build_model()(torch.zeros(2, 24)).shape == (2, 3)
 
 
 def test_submit_refuses_a_bad_pipeline_and_a_bad_env_before_contacting_anyone(digits, tmp_path):
