@@ -105,6 +105,8 @@ def gate(folder: str | Path, candidate: str | None = None, registry=None,
     """Validate a registered version against the champion again, on this machine, and apply
     the pipeline's gate. Moves no alias; logs the scorecard to a new MLflow run and tags the
     version with the decision. `candidate` defaults to the challenger, else the newest version.
+    Slices: its holdout, the pipeline's golden and data.slices, and `live` (the labelled requests
+    it answered in a shadow, feedback.live_slice) when there are any.
 
     Raises:
         GateError / RegistryError: nothing to judge, or the version cannot be fetched.
@@ -112,7 +114,7 @@ def gate(folder: str | Path, candidate: str | None = None, registry=None,
     import dataclasses
     import json
 
-    from orchestrator import scorecard
+    from orchestrator import feedback, scorecard
     from orchestrator.artifacts import Variant, sha256_file, to_dict
     from orchestrator.context import StageContext
     from orchestrator.dataset import ShardInvalid, load_arrays, read_shard
@@ -145,6 +147,15 @@ def gate(folder: str | Path, candidate: str | None = None, registry=None,
         except (OSError, ValueError, ShardInvalid) as e:
             raise GateError(f"holdout slice '{s}' at {path} is unreadable ({e}): fix data.golden / data.slices "
                             f"or run `plaster simulate {folder}` for a reference pipeline") from None
+    # Labelled requests it answered as a shadow: accuracy on real traffic. Added last, since
+    # the first slice is the one latency is timed on.
+    live = feedback.live_slice(pipeline, ws, candidate_v)
+    if live is not None and "live" in slices:
+        say(f"data.slices names a slice 'live': v{candidate_v}'s labelled shadow traffic is left out; rename "
+            "that slice to see it")
+    elif live is not None:
+        slices["live"] = live
+        say(f"live slice: {len(live[1])} labelled example(s) v{candidate_v} answered in a shadow")
     if not slices:
         raise GateError(f"nothing to judge v{candidate_v} on: its bundle has no holdout and the pipeline names no "
                         "data.golden or data.slices")

@@ -5,7 +5,8 @@ request (id, inputs, answer, version, time) and writes them as Parquet shards in
 feedback location. The inputs are stored in the pipeline's data-source schema, so once
 `label()` adds the target columns, a feedback row is a data row: `label()` joins labels
 that arrive later by request id (and example) and writes the matched rows as a new shard
-in the pipeline's data source, which the next cycle learns.
+in the pipeline's data source, which the next cycle learns. `live_slice()` reads the labelled
+rows a shadowed version answered back as a slice for `plaster gate`.
 
 Never answers requests, never trains, never deletes a feedback shard. Every file it writes
 appears whole (a temporary name, then a rename) or not at all.
@@ -31,6 +32,7 @@ from orchestrator.errors import ConfigError, DataError
 META = ("request_id", "example", "at", "version")
 ANSWERS = ("prediction", "shadow_version", "shadow_prediction")
 LABELS = "_labels"  # below the feedback location: pending labels and the keys already written
+_KEPT = "target."  # joined.parquet keeps each label under this prefix (no clash with its own columns)
 
 
 def location(pipeline, ws) -> Path:
@@ -143,7 +145,8 @@ def label(pipeline, ws, labels, say: Callable[[str], None] = lambda m: None) -> 
     the data source, holding the inputs as served and the labels in the source's schema.
     Labels whose request is not in the feedback (yet) are kept in
     `<location>/_labels/pending.parquet` and joined by a later call; a (request, example)
-    already written is never written again (`_labels/joined.parquet` records them).
+    already written is never written again (`_labels/joined.parquet` records them, with their
+    labels for live_slice).
 
     Returns:
         {"labels": rows read, "joined": rows written, "pending": labels kept for later,
@@ -184,21 +187,75 @@ def label(pipeline, ws, labels, say: Callable[[str], None] = lambda m: None) -> 
             for c in target.columns:
                 shard = shard.append_column(c, pa.array([matched[i][c] for i in order], _target_type(target)))
             _check_readable(shard, pipeline)
-            keys = sorted(zip(*_columns_of(rows, "request_id", "example")))
+            by_key = dict(zip(zip(*_columns_of(rows, "request_id", "example")), (matched[i] for i in order)))
+            keys = sorted(by_key)
             # Named by the rows it holds: a rerun after a crash between writing the shard and
             # recording it below writes the same file again, never a second copy of the rows.
             name = "feedback-" + hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16] + ".parquet"
             shards.append(_publish(shard, name, pipeline, state))
             record = pa.table({"request_id": pa.array([k[0] for k in keys], pa.string()),
                                "example": pa.array([k[1] for k in keys], pa.int64()),
-                               "shard": pa.array([name] * len(keys), pa.string())})
-            _write_atomic(pa.concat_tables([joined, record]) if joined is not None else record,
-                          state / "joined.parquet")
+                               "shard": pa.array([name] * len(keys), pa.string()),
+                               # the labels too, for live_slice: the shard may be in a bucket, or moved
+                               **{_KEPT + c: pa.array([by_key[k][c] for k in keys], _target_type(target))
+                                  for c in target.columns}})
+            # A joined.parquet from before labels were kept gets nulls in their columns.
+            _write_atomic(pa.concat_tables([joined, record], promote_options="default") if joined is not None
+                          else record, state / "joined.parquet")
         _write_atomic(_labels_table(keep, target), state / "pending.parquet")
     say(f"{len(matched)} labelled row(s) written to {', '.join(shards) or 'no shard'}; {len(keep)} label(s) "
         f"pending (their requests are not in {home} yet); {already} already labelled")
     return {"labels": new.num_rows, "joined": len(matched), "pending": len(keep), "already_labelled": already,
             "shards": shards}
+
+
+def live_slice(pipeline, ws, version: str) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+    """The labelled requests that `version` answered in a shadow, as a holdout slice for the gate.
+
+    A feedback row counts when its shadow_version is `version` and `label()` has joined a label
+    to it; it is the same row label() matched (the last one served under that request id and
+    example). Rows labelled by a plaster from before joined.parquet kept the labels are left out.
+
+    Returns:
+        (inputs by name as the model takes them, targets), as dataset.read_shard returns them,
+        in the order the rows were served; None when no such row exists.
+
+    Raises:
+        DataError: a feedback shard cannot be read, or its rows no longer match the pipeline's inputs.
+    """
+    import pyarrow as pa
+
+    from orchestrator.dataset import ShardInvalid, decode
+
+    home = location(pipeline, ws)
+    target = pipeline.target
+    kept = [_KEPT + c for c in target.columns]
+    joined = _read(home / LABELS / "joined.parquet")
+    if joined is None or any(c not in joined.column_names for c in kept):
+        return None
+    data = joined.select(["request_id", "example", *kept]).to_pydict()
+    labels = {(rid, ex): [data[c][j] for c in kept]
+              for j, (rid, ex) in enumerate(zip(data["request_id"], data["example"])) if data[kept[0]][j] is not None}
+    served = _served(home, {k[0] for k in labels})
+    if served is None:
+        return None
+    # label() joined each label with the last row served under its key (_match): the same row here
+    last = {k: j for j, k in enumerate(zip(*_columns_of(served, "request_id", "example")))}
+    shadow = served.column("shadow_version").to_pylist()
+    take = sorted(j for k, j in last.items() if k in labels and shadow[j] == str(version))
+    if not take:
+        return None
+    rows = served.take(pa.array(take, pa.int64()))
+    keys = list(zip(*_columns_of(rows, "request_id", "example")))
+    # Only the inputs' columns (a column missing since data.inputs changed: decode names it).
+    table = rows.select([c for spec in pipeline.inputs for c in spec.parquet_columns if c in rows.column_names])
+    for n, c in enumerate(target.columns):
+        table = table.append_column(c, pa.array([labels[k][n] for k in keys], _target_type(target)))
+    try:
+        return decode(table, pipeline.inputs, target)
+    except ShardInvalid as e:
+        raise DataError(f"the labelled feedback rows of v{version} in {home} do not read as this pipeline's inputs "
+                        f"({e}): move the feedback shards of an older data.inputs out of {home}") from None
 
 
 def _columns(spec: dict) -> tuple[str, ...]:
@@ -355,7 +412,7 @@ def _served(home: Path, ids: set):
             parts.append(pq.read_table(f, filters=[("request_id", "in", sorted(ids))]))
         except Exception as e:
             raise DataError(f"feedback shard {f} cannot be read ({type(e).__name__}: {str(e)[:160]}): move it out of "
-                            f"{home} and run `plaster label` again") from None
+                            f"{home} and run the command again") from None
     parts = [p for p in parts if p.num_rows]
     return pa.concat_tables(parts, promote_options="default") if parts else None
 
