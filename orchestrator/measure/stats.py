@@ -29,7 +29,11 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
+    # At k = 0 or k = n the bound on that side is exactly 0 or 1; floating point leaves it a
+    # hair inside, and a point estimate outside its own interval breaks error bars.
+    lo = 0.0 if k == 0 else max(0.0, float(centre - half))
+    hi = 1.0 if k == n else min(1.0, float(centre + half))
+    return (lo, hi)
 
 
 def mcnemar_exact(b: int, c: int) -> float:

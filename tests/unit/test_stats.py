@@ -84,3 +84,9 @@ def test_a_noisy_round_cannot_drag_the_ratio():
     cand[3] *= 50  # a noisy neighbour hit the candidate in one round
     r = stats.latency_ratio(cand, champ)
     assert r.ratio == pytest.approx(1.0) and r.ci == (pytest.approx(1.0), pytest.approx(1.0))
+
+
+def test_wilson_reaches_exactly_0_and_1_at_the_ends():
+    # a hair inside would put the point estimate outside its own interval (negative error bars)
+    for n in (3, 7, 10, 12, 13, 25):
+        assert wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0
