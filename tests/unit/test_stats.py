@@ -89,4 +89,4 @@ def test_a_noisy_round_cannot_drag_the_ratio():
 def test_wilson_reaches_exactly_0_and_1_at_the_ends():
     # a hair inside would put the point estimate outside its own interval (negative error bars)
     for n in (3, 7, 10, 12, 13, 25):
-        assert wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0
+        assert stats.wilson(0, n)[0] == 0.0 and stats.wilson(n, n)[1] == 1.0
