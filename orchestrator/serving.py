@@ -809,12 +809,33 @@ def _stale_haproxy(port: int) -> int | None:
     return None
 
 
-def _http_on(host: str, port: int) -> str | None:
+def _reclaim(port: int, say: Callable[[str], None]) -> None:
+    """Stop an orphaned Serve HAProxy holding `port` (its Serve was SIGKILLed or OOM-killed:
+    nothing else will ever stop it), so that serving again on the same port just works."""
+    import signal
+
+    stale = _stale_haproxy(port)
+    if not stale:
+        return
+    try:
+        os.kill(stale, signal.SIGTERM)
+    except OSError as e:
+        say(f"an HAProxy left behind by a killed Ray Serve (pid {stale}) holds port {port}; could not stop it: {e}")
+        return
+    deadline = time.monotonic() + 10
+    while _stale_haproxy(port) == stale and time.monotonic() < deadline:
+        time.sleep(0.1)
+    say(f"stopped an HAProxy left behind by a killed Ray Serve (pid {stale}) that held port {port}")
+
+
+def _http_on(host: str, port: int, say: Callable[[str], None] = lambda m: None) -> str | None:
     """Start Serve with its HTTP ingress on host:port, or fail naming the fix. Returns why
     the fast path (SERVE_ENV) is off, if it is."""
     from ray.serve.context import _get_global_client
 
     from orchestrator.runtime import local_only
+
+    _reclaim(port, say)
 
     env, slow = dict(SERVE_ENV), _haproxy_missing()
     if slow:  # Serve's defaults: its Python proxy actor on the port
@@ -837,7 +858,8 @@ def _http_on(host: str, port: int) -> str | None:
         stale = _stale_haproxy(port)
         if stale:
             raise PlasterError(f"cannot listen on {host}:{port}: an HAProxy left behind by a Ray Serve that was killed "
-                               f"(pid {stale}) holds it: `kill {stale}`, or pass another --port") from None
+                               f"(pid {stale}) holds it and did not stop: `kill -9 {stale}`, or pass another --port"
+                               ) from None
         raise PlasterError(f"cannot listen on {host}:{port}: another program holds it; pass another --port") from None
     # A Serve already running in this Ray cluster keeps its own address and ignores ours.
     http = _get_global_client().http_config
@@ -872,7 +894,7 @@ def start(folder, port: int = 8000, host: str = "127.0.0.1", poll_s: float = 1.0
     ensure_ray(ws)
     if stop is not None and stop.is_set():  # asked to stop while Ray started: start nothing more
         raise Interrupted("while Ray was starting")
-    slow = _http_on(host, port)
+    slow = _http_on(host, port, say)
     if slow:
         say(f"{slow}: serving through Ray Serve's Python HTTP proxy (~5x fewer requests/s on 2 cores); "
             "install haproxy for the fast path")

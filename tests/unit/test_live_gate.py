@@ -4,7 +4,6 @@ import numpy as np
 
 from orchestrator.config import RolloutConfig
 from orchestrator.live_gate import COMPLETE, CONTINUE, ROLLBACK, Watched, agree, judge
-from orchestrator.rollout import steps
 
 CFG = RolloutConfig(strategy="canary", bake_s=10, min_requests=50, max_latency_ratio=1.5, max_error_rate=0.01,
                     min_agreement=0.8, confidence=0.99)
@@ -57,9 +56,3 @@ def test_agreement_per_task():
     assert agree(a, a[:, ::-1], "classification", 0.1).tolist() == [False, False]
     assert agree(np.array([[1.0, -1.0]]), np.array([[0.5, -3.0]]), "multilabel", 0.1).tolist() == [True]
     assert agree(np.array([[10.5], [0.05]]), np.array([[10.0], [0.2]]), "regression", 0.1).tolist() == [True, False]
-
-
-def test_steps():
-    assert steps("canary", 0.1) == [0.1]
-    assert steps("linear", 0.25) == [0.25, 0.5, 0.75]
-    assert steps("shadow", 0.1) == [1.0]
