@@ -570,12 +570,18 @@ def _slice_errors(raw: dict) -> list[str]:
     if not isinstance(data, dict) or not isinstance(gate, dict):
         return []
     known = {"new", "golden", *(data.get("slices") or {})}
+    feedback = raw.get("feedback")
+    if isinstance(feedback, dict) and feedback.get("enabled") is True:
+        # labelled shadow traffic (feedback.live_slice): `plaster gate` measures it; a cycle,
+        # which has none, reports the rule NOT_MEASURED
+        known.add("live")
     out = []
     for key in ("accuracy_min", "metric_min", "metric_max", "non_inferiority", "superiority"):
         for name in gate.get(key) or ():
             if name not in known:
                 out.append(f"  - gate.{key}: unknown slice {name!r}; use one of {', '.join(sorted(known))} "
-                           "(name more slices under data.slices)")
+                           "(name more slices under data.slices" + ("" if "live" in known or name != "live" else
+                                                                   "; 'live' needs feedback.enabled: true") + ")")
     return out
 
 

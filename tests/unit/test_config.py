@@ -160,3 +160,14 @@ def test_a_task_check_runs_beside_a_schema_error_in_another_section(digits):
     assert "train.lr" in msg
     assert "data.label: is for class ids; task regression needs data.target" in msg
     assert "gate.accuracy_min: accuracy is a classification metric" in msg
+
+
+def test_a_gate_rule_may_name_the_live_slice_when_feedback_is_on(digits):
+    from orchestrator.config import load_pipeline
+
+    live = ("non_inferiority: {golden: 0.05, new: 0.02}", "non_inferiority: {golden: 0.05, new: 0.02, live: 0.03}")
+    msg = config_errors(digits, slice=live)
+    assert "unknown slice 'live'" in msg and "'live' needs feedback.enabled: true" in msg
+    y = digits / "pipeline.yaml"
+    y.write_text(y.read_text().replace(*live) + "\nfeedback: {enabled: true}\n")
+    assert load_pipeline(digits).config.gate.non_inferiority["live"] == 0.03
