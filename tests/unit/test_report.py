@@ -205,3 +205,37 @@ def test_write_html_slo(tmp_path, monkeypatch):
     report.write_html(make(), tmp_path / "no-slo", now=T3 + 60)  # no SLO: no line
     ax = dict(figures)["cycle_time.png"].axes[0]
     assert not [line for line in ax.get_lines() if "SLO" in line.get_label()]
+
+
+def with_rollouts():
+    """make() where v2 went live through a canary of 40 s, and a planted v5 was rolled back by the live gate."""
+    h = with_slo()
+    canary = {"at": T1 + 40, "pipeline": "digits", "strategy": "canary", "from": "1", "to": "2",
+              "outcome": "completed", "started_at": T1 + 1, "seconds": 39.0, "steps": [{"fraction": 0.1}],
+              "reasons": ["no rule failed over 300 requests"], "figures": {"requests": 300}}
+    bad = {"at": T3 + 10, "pipeline": "digits", "strategy": "canary", "from": "4", "to": "5",
+           "outcome": "rolled_back", "started_at": T3 + 9, "seconds": 1.0, "steps": [],
+           "reasons": ["latency: new/old engine time 30.1x"],
+           "figures": {"requests": 61, "detect_s": 0.5, "restore_s": 0.012}}
+    h["cycles"][1]["rollout"] = canary
+    h["rollouts"] = [canary, bad]
+    return h
+
+
+def test_a_canary_is_part_of_the_lag_and_the_live_gate_figures_are_shown(tmp_path):
+    h = with_rollouts()
+    d = report.devops(h, now=T3 + 60)
+    # cycle 2 went live 40 s after its alias moved (at its decision): lag 90 + 40
+    assert report.lag_parts(h["cycles"][1])["rollout_s"] == pytest.approx(40.0)
+    assert (d["lag_p50_s"], d["lag_rollout_p50_s"]) == pytest.approx((140.0, 20.0))
+    assert (d["rollouts"], d["auto_rollbacks"]) == (2, 1)
+    assert (d["median_time_to_detect_s"], d["median_time_to_restore_traffic_s"]) == pytest.approx((0.5, 0.012))
+    console = Console(record=True, width=100)
+    report.history_table(console, h)
+    text = console.export_text()
+    assert "Rollouts (live gate)" in text and "canary v4 → v5" in text and "0.5s / 12 ms" in text
+    assert re.search(r"live gate +1 automatic rollback\(s\) of 2 rollout\(s\)", text)
+    assert re.search(r"time to detect / restore +0.5s / 12 ms", text)
+    assert "rollout 40.0s" in text
+    page = (report.write_html(h, tmp_path / "r", now=T3 + 60)[0]).read_text(encoding="utf-8")
+    assert "<h2>Rollouts (live gate)</h2>" in page and "latency: new/old engine time 30.1x" in page
