@@ -14,15 +14,21 @@ PLASTER_HOMEs there, and runs `python -m orchestrator.cli ...` as subprocesses. 
   bad-shards          20 kinds of bad shard dropped beside a good one
   bad-requests        1,000+ malformed HTTP requests of 25+ kinds against `plaster serve`, then SIGTERM
   bad-configs         25 broken pipeline.yaml / model.py variants, through validate-config and run
+  bad-canary          versions planted to fail live (slow; erroring) made champion under `rollout: canary`
+                      while clients send requests: the live gate must roll each back by itself
+  serve-killed-feedback  `plaster serve` with feedback on SIGKILLed under traffic: only the last
+                      unflushed batch may be missing from the feedback shards; then it serves again
 
 After every case it reads the outcome back the way an operator would: the exit code and the
 message, MLflow's registry through MlflowClient (versions per cycle id, the champion alias),
 plaster's alias ledger, the cycle records, and the sha256 of every shard it wrote (each must
 still be in the data source or its _quarantine folder, byte for byte). A case survives when
 the exit code and message are right and nothing was lost: lost = shards lost + double
-registrations + double promotions + 5xx answers + wrong outcomes. It prints a table per kind
-(tried / survived / lost), writes benchmarks/results/faults.json, and exits 1 if anything was
-lost. On a 2-core machine the whole suite takes about 15 minutes; one kind reruns alone.
+registrations + double promotions + 5xx answers + failed client requests (the live kinds) +
+answered requests missing from the feedback beyond the last unflushed batch + wrong outcomes.
+It prints a table per kind (tried / survived / lost), writes benchmarks/results/faults.json,
+and exits 1 if anything was lost. On a 2-core machine the whole suite takes about 15 minutes;
+one kind reruns alone.
 
     .venv/bin/python benchmarks/faults.py [--only KIND ...] [--out FILE] [--keep]
 """
@@ -32,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -41,6 +48,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -62,7 +70,7 @@ DECISIONS = ("PROMOTED", "REJECTED", "HELD", "SKIPPED")
 OVERRIDES = ["train.epochs=5", "train.warm_start_epochs=3",
              "gate.accuracy_min={golden: 0.2, new: 0.2}", "gate.non_inferiority={golden: 0.5, new: 0.5}",
              "gate.latency_ratio_max=10.0", "gate.latency_p99_ms_max=1000.0"]
-LOST_KEYS = ("shards", "registrations", "promotions", "http_5xx", "wrong")
+LOST_KEYS = ("shards", "registrations", "promotions", "http_5xx", "requests", "feedback", "wrong")
 
 
 @dataclass
@@ -268,6 +276,8 @@ class Suite:
         self.pipeline = copy_pipeline(NAME, tmp / "pipeline", OVERRIDES)
         self.main = Home(self, tmp / "home")
         self.cases: list[Case] = []
+        self.figures: dict[str, dict] = {}  # per kind: what its table row and the JSON say beside the counts
+        self.live: Home | None = None
 
     def say(self, msg: str) -> None:
         self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}")
@@ -1153,6 +1163,348 @@ def bad_configs(s: Suite) -> None:
     s.done(case, time.time())
 
 
+# --- 9-10. Live serving: a canary planted to fail, and a server SIGKILLed with feedback on ---------------------------
+
+
+CANARY = "rollout={strategy: canary, fraction: 0.3, bake_s: 4, min_requests: 40, check_s: 0.5}"
+FEEDBACK = "feedback={enabled: true, flush_rows: 200, flush_s: 2}"
+GOOD = json.dumps({"inputs": [[[0.0] * 8] * 8]})
+
+
+@contextlib.contextmanager
+def in_home(h: Home):
+    """PLASTER_HOME=h for what the suite does in this process (register a planted version)."""
+    saved = os.environ.get("PLASTER_HOME")
+    os.environ["PLASTER_HOME"] = str(h.path)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PLASTER_HOME", None)
+        else:
+            os.environ["PLASTER_HOME"] = saved
+
+
+def live_home(s: Suite) -> Home:
+    """One home with a champion for the live kinds (their own pipeline copies, same name)."""
+    if s.live is None:
+        s.live = Home(s, s.tmp / "home-live")
+        s.ensure_champion(s.live)
+    return s.live
+
+
+def start_serving(s: Suite, h: Home, folder: Path, port: int) -> tuple[subprocess.Popen, str | None]:
+    """`plaster serve` on `port`, waited for until it answers a good request: (process, None),
+    or (process, why not) after it exited or 240 s passed (the process group killed)."""
+    t0 = time.time()
+    server = h.popen("serve", str(folder), "--port", str(port))
+    good = post(GOOD.encode())
+    while time.time() - t0 < 240:
+        if server.poll() is not None:
+            break
+        if _listening(port):
+            with contextlib.suppress(OSError):
+                status, _ = http_raw(port, good, timeout=10)
+                if status == 200:
+                    s.say(f"  plaster serve answers on 127.0.0.1:{port} after {time.time() - t0:.0f} s")
+                    return server, None
+        time.sleep(0.5)
+    kill_group(server)
+    out, err = server.communicate()
+    return server, f"plaster serve did not answer (exit {server.returncode}): {tail(out + err, 400)}"
+
+
+def kill_tree(proc: subprocess.Popen) -> list[str]:
+    """SIGKILL `proc`'s process group and, in the same instant, every process it started that
+    is outside that group (Ray's workers, the serving replica among them, run in process
+    groups of their own and would go on answering for seconds), except Serve's HAProxy: a
+    crash leaves it behind, holding the port, for the next `plaster serve` to stop. Returns
+    the names of the processes killed outside the group."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    kill_group(proc)
+    outside = []
+    for p in tree:
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(p.pid) != proc.pid and p.name() != "haproxy":
+                outside.append(p.name())
+                p.kill()
+    return outside
+
+
+class Clients:
+    """`n` threads POSTing examples to /predict one after another, each with its own
+    X-Request-Id; every answer (id, time, version) and every failure kept."""
+
+    def __init__(self, port: int, examples, n: int = 4, tag: str = "c", pause_s: float = 0.003):
+        self.url, self.examples, self.tag, self.pause_s = f"http://127.0.0.1:{port}/predict", examples, tag, pause_s
+        self.answers: list[dict] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(n)]
+
+    def _loop(self, k: int) -> None:
+        import requests
+
+        rng = random.Random(k)
+        with requests.Session() as session:
+            for i in itertools.count():
+                if self._stop.is_set():
+                    return
+                rid = f"{self.tag}-{k}-{i}"
+                x = self.examples[rng.randrange(len(self.examples))]
+                try:
+                    r = session.post(self.url, json={"inputs": x.tolist()}, headers={"X-Request-Id": rid}, timeout=30)
+                    if r.status_code == 200:
+                        self.answers.append({"id": rid, "at": time.time(), "version": r.json()["version"]})
+                    else:
+                        self.failures.append(f"{r.status_code} {r.text[:120]}")
+                except Exception as e:  # a dropped connection is a failed request, whatever its class
+                    self.failures.append(f"{type(e).__name__}: {str(e)[:120]}")
+                time.sleep(self.pause_s)
+
+    def __enter__(self) -> "Clients":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+
+def _until(what, timeout: float, every: float = 0.25):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = what()
+        if got:
+            return got
+        time.sleep(every)
+    return None
+
+
+def _golden(h: Home):
+    from orchestrator.dataset import load_arrays
+
+    rec = next(r for r in reversed(h.records()) if r["decision"] == "PROMOTED")
+    gx, _ = load_arrays(Path(rec["stages"]["ingest"]["output"]["golden_file"]))
+    return gx["input"]
+
+
+def _median(values: list) -> float | None:
+    import statistics
+
+    return statistics.median(values) if values else None
+
+
+def bad_canary(s: Suite, repeats: int = 3) -> None:
+    """Versions planted to fail live (slow; erroring on a quarter of inputs) put live as an
+    approval does, under `rollout: canary`: the live gate must roll each back by itself."""
+    import planted as plant
+
+    from orchestrator import rollout
+    from orchestrator.workspace import Workspace
+
+    h = live_home(s)
+    folder = copy_pipeline(NAME, s.tmp / "pipeline-canary", OVERRIDES + [CANARY])
+    gx = _golden(h)
+    port = _free_port()
+    t0 = time.time()
+    server, why = start_serving(s, h, folder, port)
+    if why:
+        s.done(Case("bad-canary", "plaster serve came up", note=why), t0)
+        return
+    rules = {"slow": "latency:", "errors": "errors:"}
+    figures: dict[str, list[dict]] = {k: [] for k in rules}
+    try:
+        for kind in [k for k in rules for _ in range(repeats)]:
+            t1 = time.time()
+            case = Case("bad-canary", f"{kind} #{len(figures[kind]) + 1}")
+            before = h.champion()
+            with in_home(h):
+                version = plant.register_planted(kind, gx, NAME, base=before)
+                ws = Workspace.from_env()
+                with Clients(port, gx, tag=f"{kind}{len(figures[kind])}") as clients:
+                    plant.move_champion(version, NAME)
+                    done = _until(lambda w=ws, v=version: [r for r in rollout.load(w, NAME) if r["to"] == v], timeout=90)
+                    back = _until(lambda v=version: [e for e in h.ledger() if e["kind"] == "rollback" and e["from"] == v],
+                                  timeout=30)
+                    time.sleep(1.5)  # answers after the restore: none may come from the planted version
+            problems = []
+            r, move = (done or [None])[0], (back or [None])[-1]
+            if r is None:
+                problems.append("no rollout record within 90 s")
+            elif r["outcome"] != "rolled_back" or not (r["reasons"] or [""])[0].startswith(rules[kind]):
+                problems.append(f"rollout {r['outcome']}: {r['reasons'][:1]} (expected rolled_back, {rules[kind]})")
+            if move is None:
+                problems.append("no rollback in the ledger")
+            now = h.champion()
+            if now != before:
+                problems.append(f"champion alias is v{now}, not back on v{before}")
+            if r and move:
+                restored = r["started_at"] + move["detect_s"] + move["restore_s"]
+                late = [a for a in clients.answers if a["version"] == version and a["at"] > restored + 0.2]
+                if late:
+                    problems.append(f"{len(late)} answer(s) from planted v{version} after the restore")
+                    case.lost["wrong"] += 1
+                figures[kind].append({"version": version, "detect_s": move["detect_s"],
+                                      "restore_s": move["restore_s"], "requests": r["figures"].get("requests")})
+            case.lost["requests"] = len(clients.failures)
+            if clients.failures:
+                problems.append(f"{len(clients.failures)} client request(s) failed, e.g. {clients.failures[0]}")
+            case.survived = not problems
+            case.detail = {"planted": version, "champion": before, "answers": len(clients.answers),
+                           "failures": clients.failures[:10], "rollout": r, "ledger": move}
+            case.note = "; ".join(problems) or (
+                f"rolled back ({r['reasons'][0].split(',')[0]}): detected in {move['detect_s']:.2f} s after "
+                f"{r['figures'].get('requests')} watched requests, restored in {move['restore_s'] * 1000:.0f} ms; "
+                f"{len(clients.answers)} answers, 0 failed")
+            h.charge(case)
+            s.done(case, t1)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.communicate(timeout=120)
+        kill_group(server)
+    medians = {k: {"detect_s": _median([f["detect_s"] for f in v]), "restore_s": _median([f["restore_s"] for f in v]),
+                   "requests": _median([f["requests"] for f in v if f["requests"] is not None]), "n": len(v)}
+               for k, v in figures.items()}
+    line = "; ".join(f"{k}: median detect {m['detect_s']:.2f} s ({m['requests']:.0f} watched requests), "
+                     f"restore {m['restore_s'] * 1000:.0f} ms" for k, m in medians.items() if m["n"])
+    s.say(f"  {line}")
+    s.figures["bad-canary"] = {"line": line, "medians": medians, "cases": figures}
+
+
+def serve_killed_feedback(s: Suite) -> None:
+    """`plaster serve` with feedback on, SIGKILLed under traffic: the feedback shards must hold
+    every answered request but the last unflushed batch, each shard whole; then it serves again
+    on the same port."""
+    import pyarrow.parquet as pq
+
+    from orchestrator.config import load_pipeline
+    from orchestrator.feedback import location
+    from orchestrator.workspace import Workspace
+
+    h = live_home(s)
+    folder = copy_pipeline(NAME, s.tmp / "pipeline-feedback", OVERRIDES + [FEEDBACK])
+    with in_home(h):
+        pipeline = load_pipeline(folder, check=False)
+        where = location(pipeline, Workspace.from_env())
+        flush_rows, flush_s = pipeline.config.feedback.flush_rows, pipeline.config.feedback.flush_s
+    gx = _golden(h)
+    port = _free_port()
+    t0 = time.time()
+    case = Case("serve-killed-feedback", "SIGKILL plaster serve's process group under traffic")
+    server, why = start_serving(s, h, folder, port)
+    if why:
+        case.note = why
+        s.done(case, t0)
+        return
+    before = {p.name for p in where.glob("*.parquet")} if where.is_dir() else set()
+    clients = Clients(port, gx, tag="fb").__enter__()
+    time.sleep(8)
+    killed_at = time.time()
+    outside = kill_tree(server)
+    time.sleep(0.5)
+    clients.stop()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        server.communicate(timeout=30)
+    probe = None
+    if _listening(port):  # what holds the port now: an orphaned HAProxy without its replica
+        with contextlib.suppress(OSError):
+            probe = http_raw(port, post(GOOD.encode()), timeout=10)[0]
+    answered = {a["id"]: a["at"] for a in clients.answers}
+    shards = sorted(p for p in where.glob("*.parquet") if p.name not in before) if where.is_dir() else []
+    temps = [p.name for p in where.iterdir() if p.name.startswith(".")] if where.is_dir() else []
+    kept, unreadable = set(), []
+    for p in shards:
+        try:
+            kept |= set(pq.read_table(p, columns=["request_id"]).column("request_id").to_pylist())
+        except Exception as e:  # a torn shard, whatever pyarrow calls it
+            unreadable.append(f"{p.name}: {type(e).__name__}")
+    missing = sorted((at, rid) for rid, at in answered.items() if rid not in kept)
+    window = flush_s + 1.0  # flush_s, plus the server's poll (1 s) that flushes a due buffer
+    early = [rid for at, rid in missing if at < killed_at - window]
+    problems = []
+    if not answered:
+        problems.append("no request was answered before the kill")
+    if len(missing) > flush_rows:
+        problems.append(f"{len(missing)} answered requests missing, more than flush_rows ({flush_rows})")
+    if early:
+        problems.append(f"{len(early)} missing answered more than {window:g} s before the kill, e.g. {early[0]}")
+    if unreadable:
+        problems.append(f"{len(unreadable)} shard(s) not whole: {unreadable[:3]}")
+    case.lost["feedback"] = len(early) + max(0, len(missing) - flush_rows - len(early))
+    case.lost["wrong"] = len(unreadable)
+    span = (killed_at - missing[0][0], killed_at - missing[-1][0]) if missing else None
+    if probe == 200:
+        problems.append("a request was still answered 200 after the kill")
+    case.detail = {"outside_group": outside, "port_after_kill": probe if probe is not None else (
+                       "listening" if _listening(port) else "closed"),
+                   "answered": len(answered), "kept": len(kept), "shards": len(shards), "temp_files": temps,
+                   "missing": len(missing), "missing_answered_s_before_kill": span, "flush_rows": flush_rows,
+                   "flush_s": flush_s, "client_failures_after_kill": len(clients.failures)}
+    lost_line = (f"{len(missing)} of {len(answered)} answered requests not in the {len(shards)} feedback shards"
+                 + (f", answered from {span[0]:.2f} s before the kill" if span else "")
+                 + ("" if not span else f" to {-span[1]:.2f} s after it (in flight)" if span[1] < 0 else " on")
+                 + f" (flush_rows {flush_rows}, flush_s {flush_s:g})"
+                 + (f"; {len(temps)} temporary file(s) left, not counted" if temps else ""))
+    case.survived = not problems
+    case.note = "; ".join(problems) or lost_line
+    h.charge(case)
+    s.done(case, t0)
+    s.figures["serve-killed-feedback"] = {"line": lost_line, **case.detail}
+
+    t1 = time.time()
+    case = Case("serve-killed-feedback", "plaster serve again on the same port")
+    server, why = start_serving(s, h, folder, port)
+    if why:
+        case.note = why
+        s.done(case, t1)
+        return
+    status, body = http_raw(port, request("POST", "/predict", GOOD.encode(), {
+        "Content-Type": "application/json", "X-Request-Id": "after-restart"}))
+    server.send_signal(signal.SIGTERM)
+    try:
+        out, err = server.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        kill_group(server)
+        out, err = server.communicate()
+    kill_group(server)
+    orphan = next((ln.strip() for ln in (out + err).splitlines() if "HAProxy left behind" in ln), None)
+    kept = set()
+    for p in where.glob("*.parquet"):
+        with contextlib.suppress(Exception):
+            kept |= set(pq.read_table(p, columns=["request_id"]).column("request_id").to_pylist())
+    problems = []
+    if status != 200:
+        problems.append(f"a request after the restart: {status} {body[:120]!r}")
+    if "after-restart" not in kept:
+        problems.append("the request answered after the restart is not in the feedback after SIGTERM")
+    case.survived = not problems
+    case.detail = {"orphan_haproxy": orphan, "port_after_kill": s.figures["serve-killed-feedback"]["port_after_kill"]}
+    held = s.figures["serve-killed-feedback"]["port_after_kill"]
+    case.note = "; ".join(problems) or (
+        f"after the kill the port was {held if isinstance(held, str) else f'answered {held} by an orphaned HAProxy'}; "
+        "came up on the same port and answered" + (f" ({orphan[orphan.index('stopped'):][:100]})" if orphan and
+                                                   "stopped" in orphan else "")
+        + "; its request reached the feedback at SIGTERM")
+    s.figures["serve-killed-feedback"]["restart"] = case.note
+    if case.survived:
+        s.figures["serve-killed-feedback"]["line"] += "; then served again on the same port" + (
+            ", stopping the HAProxy the kill left holding it" if orphan and "stopped" in orphan else "")
+    h.charge(case)
+    s.done(case, t1)
+
+
 KINDS = {
     "crash-after-stage": crash_after_stage,
     "kill-mid-train": kill_mid_train,
@@ -1162,6 +1514,8 @@ KINDS = {
     "bad-shards": bad_shards,
     "bad-requests": bad_requests,
     "bad-configs": bad_configs,
+    "bad-canary": bad_canary,
+    "serve-killed-feedback": serve_killed_feedback,
 }
 
 
@@ -1212,6 +1566,8 @@ def main() -> None:
             stop = "not within 120 s" if suite.serve_stop_s is None else f"{suite.serve_stop_s:.1f} s"
             extra = f"{suite.requests_sent} requests, " \
                     f"{sum(c.lost['http_5xx'] for c in cases)} 5xx; SIGTERM to exit: {stop}. "
+        if kind in suite.figures:
+            extra = suite.figures[kind]["line"] + ". "
         # The table keeps one short line per lost case; the JSON has every case in full.
         note = extra + ("; ".join(f"{c.name}: {c.note[:90]}" for c in failed) if failed else
                         f"{len(cases)} case(s), all survived")
@@ -1227,7 +1583,7 @@ def main() -> None:
               "euid": os.geteuid(), "wall_s": round(wall, 1), "kinds": summary,
               "totals": {"tried": tried, "survived": survived, "lost": lost},
               "serve_sigterm_exit_s": suite.serve_stop_s, "http_requests": suite.requests_sent,
-              "setup_errors": errors, "cases": [asdict(c) for c in suite.cases]}
+              "figures": suite.figures, "setup_errors": errors, "cases": [asdict(c) for c in suite.cases]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
     console.print(f"wrote {args.out}; {tried} cases, {survived} survived, {lost} lost, {wall:.0f} s")
