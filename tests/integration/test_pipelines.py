@@ -213,3 +213,71 @@ def test_serve_answers_a_good_request_and_names_what_a_bad_one_got_wrong(cycles)
             assert r.status_code == 422 and phrase in r.json()["error"], (bad, r.text)
     finally:
         server.stop()
+
+
+ROLLOUT = """
+rollout: {strategy: canary, fraction: 0.5, bake_s: 2, min_requests: 20, min_agreement: 0.3, check_s: 0.5}
+feedback: {enabled: true, flush_rows: 50, flush_s: 0.5}
+"""
+
+
+def test_a_canary_and_the_feedback_loop_hold_for_every_pipeline(cycles):
+    """v1 served, v2 canaried beside it (both engines on each watched request, the task's own
+    agreement), every answered request kept in the pipeline's schema, labelled, and the
+    labelled shard readable as data (the next cycle's input)."""
+    import time
+
+    from orchestrator import feedback, ledger, rollout
+    from orchestrator.dataset import read_shard
+    from orchestrator.workspace import Workspace
+
+    p = cycles.pipeline
+    (cycles.folder / "pipeline.yaml").write_text((cycles.folder / "pipeline.yaml").read_text() + ROLLOUT)
+    ws = Workspace.from_env()
+    registry = api.registry_for(ws)
+    registry.set_alias(p.name, "champion", "1")  # serve v1, then move to v2 as an approval would
+    hx, hy = load_arrays(cycles.second["stages"]["ingest"]["output"]["holdout_new_file"])
+    server = serving.start(cycles.folder, port=_free_port(), poll_s=0.5)
+    answered, failed = {}, []
+    try:
+        registry.set_alias(p.name, "previous", "1")
+        registry.set_alias(p.name, "champion", "2")
+        ledger.record(ws, p.name, "champion", "1", "2", ledger.APPROVE, "canary test")
+        deadline, i = time.monotonic() + 90, 0
+        with requests.Session() as s:
+            while not rollout.load(ws, p.name) and time.monotonic() < deadline:
+                k = i % len(hy)
+                r = s.post(f"{server.url}/predict", json={"inputs": {n: v[k:k + 1].tolist() for n, v in hx.items()}},
+                           timeout=30)
+                if r.status_code == 200:
+                    answered[r.json()["request_id"]] = (k, r.json()["version"])
+                else:
+                    failed.append(r.text)
+                i += 1
+    finally:
+        server.stop()  # writes the last feedback batch
+    done = rollout.load(ws, p.name)
+    assert done, "the canary never ended"
+    r = done[0]
+    assert failed == [] and {v for _, v in answered.values()} <= {"1", "2"}
+    assert r["outcome"] in (rollout.COMPLETED, rollout.ROLLED_BACK), r
+    assert {"latency_ratio", "agreement", "error_rate"} <= set(r["figures"]), r["figures"]
+    print(f"{p.name}: canary {r['outcome']} after {r['figures']['requests']} watched requests, agreement "
+          f"{r['figures']['agreement']:.1%}, time ratio {r['figures']['latency_ratio']:.2f}")
+
+    import pyarrow as pa
+
+    labels = {"request_id": list(answered)}
+    for j, c in enumerate(p.target.columns):
+        y = hy[[k for k, _ in answered.values()]]
+        if p.task.name == "regression":  # [N, targets]: one column each
+            y = y.reshape(len(y), -1)[:, j]
+        labels[c] = y.tolist()
+    joined = feedback.label(p, ws, pa.table(labels))
+    assert joined["joined"] == len(answered) and joined["pending"] == 0, joined
+    x, y = read_shard(Path(joined["shards"][0]), p.inputs, p.target)
+    order = sorted(answered)  # the shard holds the rows in the order they were served; compare as sets of rows
+    assert len(y) == len(order)
+    sent = {n: np.sort(v[[answered[i][0] for i in order]].reshape(len(order), -1), axis=0) for n, v in hx.items()}
+    for n in hx:
+        assert np.allclose(np.sort(x[n].reshape(len(y), -1), axis=0), sent[n], atol=1e-6), n
