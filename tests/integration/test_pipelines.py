@@ -216,15 +216,15 @@ def test_serve_answers_a_good_request_and_names_what_a_bad_one_got_wrong(cycles)
 
 
 ROLLOUT = """
-rollout: {strategy: canary, fraction: 0.5, bake_s: 2, min_requests: 20, min_agreement: 0.3, check_s: 0.5}
+rollout: {strategy: linear, fraction: 0.4, bake_s: 2, min_requests: 20, min_agreement: 0.3, check_s: 0.5}
 feedback: {enabled: true, flush_rows: 50, flush_s: 0.5}
 """
 
 
-def test_a_canary_and_the_feedback_loop_hold_for_every_pipeline(cycles):
-    """v1 served, v2 canaried beside it (both engines on each watched request, the task's own
-    agreement), every answered request kept in the pipeline's schema, labelled, and the
-    labelled shard readable as data (the next cycle's input)."""
+def test_a_linear_rollout_and_the_feedback_loop_hold_for_every_pipeline(cycles):
+    """v1 served, v2 rolled out beside it in steps of 40% (both engines on each watched request,
+    the task's own agreement), every answered request kept in the pipeline's schema, labelled,
+    and the labelled shard readable as data (the next cycle's input)."""
     import time
 
     from orchestrator import feedback, ledger, rollout
@@ -242,7 +242,7 @@ def test_a_canary_and_the_feedback_loop_hold_for_every_pipeline(cycles):
     try:
         registry.set_alias(p.name, "previous", "1")
         registry.set_alias(p.name, "champion", "2")
-        ledger.record(ws, p.name, "champion", "1", "2", ledger.APPROVE, "canary test")
+        ledger.record(ws, p.name, "champion", "1", "2", ledger.APPROVE, "rollout test")
         deadline, i = time.monotonic() + 90, 0
         with requests.Session() as s:
             while not rollout.load(ws, p.name) and time.monotonic() < deadline:
@@ -257,12 +257,14 @@ def test_a_canary_and_the_feedback_loop_hold_for_every_pipeline(cycles):
     finally:
         server.stop()  # writes the last feedback batch
     done = rollout.load(ws, p.name)
-    assert done, "the canary never ended"
+    assert done, "the rollout never ended"
     r = done[0]
     assert failed == [] and {v for _, v in answered.values()} <= {"1", "2"}
     assert r["outcome"] in (rollout.COMPLETED, rollout.ROLLED_BACK), r
+    if r["outcome"] == rollout.COMPLETED:
+        assert [s["fraction"] for s in r["steps"]] == [0.4, 0.8], r["steps"]
     assert {"latency_ratio", "agreement", "error_rate"} <= set(r["figures"]), r["figures"]
-    print(f"{p.name}: canary {r['outcome']} after {r['figures']['requests']} watched requests, agreement "
+    print(f"{p.name}: linear rollout {r['outcome']} after {r['figures']['requests']} watched requests, agreement "
           f"{r['figures']['agreement']:.1%}, time ratio {r['figures']['latency_ratio']:.2f}")
 
     import pyarrow as pa
