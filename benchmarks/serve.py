@@ -44,8 +44,8 @@ was 8-20, so compare within a row, not across rows):
 | Serve's Python proxy with today's replica | 58.5 / 225.8 | 122 / 196 | 13.4, 2070 |
 | a no-op FastAPI replica reached on its own port (direct ingress, no HAProxy) | 4.1 / 11.9 | 1765 / 1625 | |
 | a no-op FastAPI replica through HAProxy | 6.8 / 15.4 | 1141 / 1341 | |
-| 2026-12-06, quieter (load 0.5-2), 5 rounds: @serve.batch, wait 0, with the rollout and feedback code | 4.9 / 10.4 | 1486 / 1724 | 6.4, 2948 |
-| ... a CPU engine answers each request at once (no @serve.batch): today's default for onnxruntime | 4.4 / 9.4 | 1699 / 1951 | 6.8, 3104 |
+| 2026-12-06 (load 0.5-2), 5 rounds: @serve.batch, wait 0, rollout/feedback code | 4.9 / 10.4 | 1486 / 1724 | 6.4, 2948 |
+| ... a CPU engine answers each request at once (no @serve.batch; today's default) | 4.4 / 9.4 | 1699 / 1951 | 6.8, 3104 |
 
 Swapping under 8 clients, by a new `user_config` (Serve marks the replica UPDATING and routes
 around it: HAProxy to Serve's Python proxy and back, two HAProxy reloads): 0 failed, longest

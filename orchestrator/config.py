@@ -388,8 +388,8 @@ class RolloutConfig(_Strict):
                                       "value within `agree_within`): roll back when the CI's upper bound < this")
     agree_within: float = Field(0.1, ge=0, description="regression: answers agree when they differ by at most this "
                                                        "fraction of the old model's (absolute below 1)")
-    confidence: float = Field(0.99, gt=0.5, lt=1, description="of every live-gate interval and test (it is looked at "
-                                                              "every check_s, so stricter than the offline gate)")
+    confidence: float = Field(0.99, gt=0.5, lt=1, description="of the live gate over a step: each look (every check_s) "
+                                                              "tests at (1 - this) / (bake_s / check_s)")
     check_s: float = Field(1.0, gt=0, description="how often the live gate looks")
 
 

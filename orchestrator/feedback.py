@@ -32,6 +32,7 @@ from orchestrator.errors import ConfigError, DataError
 META = ("request_id", "example", "at", "version")
 ANSWERS = ("prediction", "shadow_version", "shadow_prediction")
 LABELS = "_labels"  # below the feedback location: pending labels and the keys already written
+KEEP_BATCHES = 10  # while shards cannot be written, buffer at most this many batches
 _KEPT = "target."  # joined.parquet keeps each label under this prefix (no clash with its own columns)
 
 
@@ -70,6 +71,7 @@ class Writer:
             raise ConfigError(f"data.inputs: column(s) {clash} are names feedback shards keep for themselves "
                               f"({', '.join(META + ANSWERS)}): rename them to keep feedback.enabled")
         self._lock = threading.Lock()  # add() in the request path, flush() also from the server's timer
+        self.dropped = 0  # requests dropped because shards could not be written (see flush)
         self._reset()
 
     def _reset(self) -> None:
@@ -105,7 +107,20 @@ class Writer:
             return None
         # Sortable by time, unique across replicas and processes.
         name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
-        return _write_atomic(self._table(requests), self.folder / name)
+        try:
+            return _write_atomic(self._table(requests), self.folder / name)
+        except BaseException:
+            # Not written (disk full, permissions): the rows go back to the buffer for the next
+            # flush. A buffer that keeps failing is capped at KEEP_BATCHES batches, the oldest
+            # dropped and counted in `dropped`.
+            with self._lock:
+                self._requests = requests + self._requests
+                cap = KEEP_BATCHES * self.flush_rows
+                if len(self._requests) > cap:
+                    self.dropped += len(self._requests) - cap
+                    self._requests = self._requests[-cap:]
+                self._oldest = time.monotonic()
+            raise
 
     def close(self) -> Path | None:
         return self.flush()

@@ -14,14 +14,16 @@ the same kind of statistics as the offline gate (measure/stats.py):
   the whole interval lies below `min_agreement`.
 
 A rule rolls back only on evidence; the rollout completes when the step has baked
-`bake_s` and the new model answered `min_requests`. The gate looks every `check_s`, so
-its confidence (0.99 by default) is stricter than the offline gate's.
+`bake_s` and the new model answered `min_requests`. The gate looks every `check_s`, so each
+look tests at (1 - confidence) / (bake_s / check_s): over a whole step a model within every
+bound is rolled back with probability at most 1 - confidence (0.01 by default).
 
 Pure numpy/scipy: arrays in, a Verdict out.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,24 +72,32 @@ def agree(new: np.ndarray, old: np.ndarray, task: str, within: float) -> np.ndar
     return (np.abs(n - o) <= within * np.maximum(np.abs(o), 1.0)).all(axis=1)
 
 
-def judge(w: Watched, cfg, baked_s: float, step_requests: int | None = None) -> Verdict:
+def looks(cfg) -> int:
+    """How many times the gate looks during one step's bake (it looks every check_s)."""
+    return max(1, math.ceil(cfg.bake_s / cfg.check_s))
+
+
+def judge(w: Watched, cfg, baked_s: float, step_requests: int | None = None, n_looks: int = 1) -> Verdict:
     """Decide on what was watched so far (all steps: the evidence adds up). `cfg` is the
     pipeline's RolloutConfig; `baked_s` how long the current step has run and `step_requests`
-    how many watched requests it had (default: all)."""
+    how many watched requests it had (default: all). The gate looks `n_looks` times a step:
+    each look tests at (1 - confidence) / n_looks (Bonferroni), so a model within every bound
+    is rolled back at any look of a step with probability at most 1 - confidence."""
     step_requests = w.requests if step_requests is None else step_requests
-    alpha = 1 - cfg.confidence
+    alpha = (1 - cfg.confidence) / n_looks
+    confidence = 1 - alpha
     figures: dict = {"requests": w.requests, "new_errors": w.new_errors, "old_errors": w.old_errors,
                      "examples": w.examples, "agreed": w.agreed, "baked_s": round(baked_s, 3)}
     failed: list[str] = []
 
     if w.new_s:
         ratios = np.sort(np.asarray(w.new_s) / np.maximum(np.asarray(w.old_s), 1e-9))
-        lo, hi = median_ci_ranks(len(ratios), cfg.confidence)
+        lo, hi = median_ci_ranks(len(ratios), confidence)
         r, ci = float(np.median(ratios)), (float(ratios[lo]), float(ratios[hi]))
         figures["latency_ratio"], figures["latency_ratio_ci"] = r, ci
         # Below this many runs even [min, max] covers the median with less than `confidence`:
         # no interval, no verdict.
-        enough = 1 - 2 * 0.5 ** len(ratios) >= cfg.confidence
+        enough = 1 - 2 * 0.5 ** len(ratios) >= confidence
         if cfg.max_latency_ratio is not None and enough and ci[0] > cfg.max_latency_ratio:
             failed.append(f"latency: new/old engine time {r:.2f}x, CI [{ci[0]:.2f}, {ci[1]:.2f}] above "
                           f"{cfg.max_latency_ratio:g}x over {len(ratios)} paired runs")
@@ -107,7 +117,7 @@ def judge(w: Watched, cfg, baked_s: float, step_requests: int | None = None) -> 
                               f"above {cfg.max_error_rate:g} (exact binomial p={p:.2g})")
 
     if w.examples > 0:
-        share, ci = w.agreed / w.examples, wilson(w.agreed, w.examples, cfg.confidence)
+        share, ci = w.agreed / w.examples, wilson(w.agreed, w.examples, confidence)
         figures["agreement"], figures["agreement_ci"] = share, ci
         if cfg.min_agreement is not None and ci[1] < cfg.min_agreement:
             failed.append(f"agreement: the models answered alike on {share:.1%} of {w.examples} examples, CI "

@@ -91,8 +91,10 @@ class Rollout:
         self.step_requests = 0
         self.log: list[dict] = []
         self.outcome: str | None = None
-        self._alias_pending: dict | None = None  # an alias move the pipeline lock held back: retried each tick
+        self._alias_pending: dict | None = None  # the verdict's registry side, retried each tick until done
         self.started_at = self.step_at = time.time()
+        self._looked_at = 0.0
+        self.figures: dict = {}  # the last look's
 
     @property
     def moving_alias(self) -> bool:
@@ -113,13 +115,17 @@ class Rollout:
         """Look once; True when the rollout is over (completed, rolled back, rejected or aborted)."""
         if self._alias_pending is not None:
             return self._move_alias()
+        now = time.time()
+        if now - self._looked_at < self.cfg.check_s * 0.9:  # the watcher may poll more often
+            return False
+        self._looked_at = now
         got = self.replica("take_watched")
         if got["watching"] != self.new["version"]:  # Serve restarted the replica: it lost the rollout
             return self.abort("the replica restarted during the rollout; it starts again")
         self.watched.add(got)
         self.step_requests += got["requests"]
-        now = time.time()
-        v = live_gate.judge(self.watched, self.cfg, now - self.step_at, self.step_requests)
+        v = live_gate.judge(self.watched, self.cfg, now - self.step_at, self.step_requests, live_gate.looks(self.cfg))
+        self.figures = v.figures
         if v.action == live_gate.ROLLBACK:
             return self._fail(v, now)
         if v.action == live_gate.COMPLETE:
@@ -136,11 +142,13 @@ class Rollout:
         return False
 
     def abort(self, why: str) -> bool:
-        """Stop the rollout without a verdict (the alias moved elsewhere, the replica restarted)."""
+        """Stop the rollout without a verdict of its own (the alias moved elsewhere, the replica
+        restarted, the server stops); what was measured is kept in the record."""
+        figures = self._alias_pending["figures"] if self._alias_pending else self.figures
         try:
             self.replica("end_watch", False)
         finally:
-            self._finish(ABORTED, [why], {})
+            self._finish(ABORTED, [why], figures)
         return True
 
     def _entry(self, outcome: str, reasons, figures: dict, **extra) -> dict:
@@ -157,14 +165,12 @@ class Rollout:
         restored_at = self.replica("end_watch", False)  # traffic first: the alias can wait for the lock
         detect_s, restore_s = detected_at - self.started_at, restored_at - detected_at
         why = "; ".join(v.reasons)
+        # Pending from here on: whatever fails below is retried at the next tick, never taken
+        # for a restarted replica (which would start the bad model again).
+        self._alias_pending = {"verdict": v, "why": why,
+                               "figures": {**v.figures, "detect_s": round(detect_s, 3), "restore_s": round(restore_s, 4)}}
         self.say(f"{self.strategy}: live gate failed for v{self.new['version']} ({why}); every request is back on "
                  f"v{self.old['version']} (detected in {detect_s:.1f} s, restored in {restore_s * 1000:.0f} ms)")
-        figures = {**v.figures, "detect_s": round(detect_s, 3), "restore_s": round(restore_s, 4)}
-        self.registry.set_version_tags(self.name, self.new["version"], {
-            "plaster.live_gate": "ROLLBACK" if self.strategy != "shadow" else "REJECT",
-            "plaster.live_gate.reason": why[:500], "plaster.live_gate.detect_s": f"{detect_s:.3f}",
-            "plaster.live_gate.restore_s": f"{restore_s:.4f}", "plaster.awaiting_shadow": "false"})
-        self._alias_pending = {"verdict": v, "figures": figures, "why": why}
         return self._move_alias()
 
     def _pass(self, v: live_gate.Verdict) -> bool:
@@ -172,31 +178,14 @@ class Rollout:
         return self._move_alias()
 
     def _move_alias(self) -> bool:
-        """The registry side of the verdict, under the pipeline lock; False while a cycle holds it."""
-        from orchestrator import api
-
+        """The registry side of the verdict, under the pipeline lock. Every step may run again
+        (a failed call, a cycle holding the lock: False, retried at the next tick)."""
         p = self._alias_pending
-        folder = self.pipeline.folder
         try:
             if p.get("pass"):
-                if self.strategy == "shadow":
-                    _promote_shadowed(self.ws, self.registry, self.name, self.new["version"], self.old["version"],
-                                      f"shadow live gate passed: {p['why']}", p["figures"])
-                self.replica("end_watch", True)
-                self.registry.set_version_tags(self.name, self.new["version"], {
-                    "plaster.live_gate": "PASS", "plaster.live_gate.reason": p["why"][:500],
-                    "plaster.awaiting_shadow": "false"})
-                self.say(f"{self.strategy}: v{self.new['version']} answers every request ({p['why']})")
-                self._finish(COMPLETED, p["verdict"].reasons, p["figures"])
-            elif self.strategy == "shadow":
-                _reject_shadowed(self.ws, self.registry, self.name, self.new["version"], f"live gate: {p['why']}")
-                self._finish(REJECTED, p["verdict"].reasons, p["figures"])
+                self._complete(p)
             else:
-                entry = api.rollback(folder, f"live gate: {p['why']}", to=self.old["version"],
-                                     registry=self.registry, expect=self.new["version"], who=LIVE_GATE_ACTOR,
-                                     extra={k: p["figures"][k] for k in ("detect_s", "restore_s")})
-                self._finish(ROLLED_BACK, p["verdict"].reasons, p["figures"],
-                             alias_moved_s=round(entry["at"] - self.started_at, 3) if entry else None)
+                self._roll_back(p)
         except CycleLockedError:
             if not p.get("said_locked"):
                 self.say("a cycle holds the pipeline lock: the alias moves when it ends (traffic already has)")
@@ -204,6 +193,34 @@ class Rollout:
             return False
         self._alias_pending = None
         return True
+
+    def _complete(self, p: dict) -> None:
+        if self.strategy == "shadow":
+            _promote_shadowed(self.ws, self.registry, self.name, self.new["version"], self.old["version"],
+                              f"shadow live gate passed: {p['why']}", p["figures"])
+        self.replica("end_watch", True)
+        self.registry.set_version_tags(self.name, self.new["version"], {
+            "plaster.live_gate": "PASS", "plaster.live_gate.reason": p["why"][:500], "plaster.awaiting_shadow": "false"})
+        self.say(f"{self.strategy}: v{self.new['version']} answers every request ({p['why']})")
+        self._finish(COMPLETED, p["verdict"].reasons, p["figures"])
+
+    def _roll_back(self, p: dict) -> None:
+        from orchestrator import api
+
+        f = p["figures"]
+        self.registry.set_version_tags(self.name, self.new["version"], {
+            "plaster.live_gate": "REJECT" if self.strategy == "shadow" else "ROLLBACK",
+            "plaster.live_gate.reason": p["why"][:500], "plaster.live_gate.detect_s": f"{f['detect_s']:.3f}",
+            "plaster.live_gate.restore_s": f"{f['restore_s']:.4f}", "plaster.awaiting_shadow": "false"})
+        if self.strategy == "shadow":
+            _reject_shadowed(self.ws, self.registry, self.name, self.new["version"], f"live gate: {p['why']}")
+            self._finish(REJECTED, p["verdict"].reasons, f)
+            return
+        entry = api.rollback(self.pipeline.folder, f"live gate: {p['why']}", to=self.old["version"],
+                             registry=self.registry, expect=self.new["version"], who=LIVE_GATE_ACTOR,
+                             extra={k: f[k] for k in ("detect_s", "restore_s")})
+        self._finish(ROLLED_BACK, p["verdict"].reasons, f,
+                     alias_moved_s=round(entry["at"] - self.started_at, 3) if entry else None)
 
 
 def _promote_shadowed(ws, registry, name: str, version: str, expect: str, reason: str, figures: dict) -> None:
@@ -215,6 +232,8 @@ def _promote_shadowed(ws, registry, name: str, version: str, expect: str, reason
     with PipelineLock(ws, name) as lock:
         lock.acquire(wait=False, holder=f"plaster serve: promoting v{version} after its shadow")
         current = registry.alias(name, "champion")
+        if current == version:  # an earlier try moved it, then failed after: nothing to do again
+            return
         if current != expect:
             raise GateError(f"the champion moved from v{expect} to v{current} during v{version}'s shadow")
         registry.set_alias(name, "previous", current)
@@ -230,6 +249,6 @@ def _reject_shadowed(ws, registry, name: str, version: str, reason: str) -> None
 
     with PipelineLock(ws, name) as lock:
         lock.acquire(wait=False, holder=f"plaster serve: rejecting v{version} after its shadow")
-        if registry.alias(name, "challenger") == version:
+        if registry.alias(name, "challenger") == version:  # not again when a retry comes back here
             registry.delete_alias(name, "challenger")
-        ledger.record(ws, name, "challenger", version, None, ledger.REJECT, reason, who=LIVE_GATE_ACTOR)
+            ledger.record(ws, name, "challenger", version, None, ledger.REJECT, reason, who=LIVE_GATE_ACTOR)

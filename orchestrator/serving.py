@@ -380,7 +380,23 @@ class Champion:
         """Write the feedback buffer if it is due: the watcher calls this each poll, so a quiet
         server's last requests reach a shard within flush_s (plus a poll)."""
         if self.feedback is not None and self.feedback.due():
-            self.feedback.flush()
+            try:
+                self.feedback.flush()
+            except Exception as e:  # kept in the buffer for the next flush (feedback.Writer.flush)
+                self._feedback_failed(e)
+
+    def _feedback_failed(self, e: Exception) -> None:
+        """Say why feedback shards cannot be written, once per reason, in the replica's log."""
+        import logging
+
+        from orchestrator.feedback import KEEP_BATCHES
+
+        if str(e) != getattr(self, "_feedback_error", None):
+            self._feedback_error = str(e)
+            logging.getLogger("ray.serve").error(
+                f"feedback shards cannot be written to {self.feedback.folder} ({e}); requests are buffered (at most "
+                f"{self.feedback.flush_rows * KEEP_BATCHES} kept, {self.feedback.dropped} dropped so far): fix the location "
+                "(feedback.location) or its disk")
 
     async def close_feedback(self) -> None:
         """Write what feedback is buffered (`Server.stop`, before the replica goes)."""
@@ -509,13 +525,14 @@ class Champion:
         outputs, info, shadow = await self.infer(x) if self.batching else self._infer_now(x)
         predictions = answer(outputs, self.task)
         if self.feedback is not None:
-            self.feedback.add(request_id, x, predictions, info["version"], time.time(),
-                              shadow={"version": shadow[1]["version"], "prediction": answer(shadow[0], self.task)}
-                              if shadow else None)
-            if self.feedback.due():
-                # On the event loop, not a thread: add() and flush() share the buffer. A shard
-                # of flush_rows rows takes a few ms to write.
-                self.feedback.flush()
+            try:
+                # add() writes a shard itself when the buffer is full, on the event loop: a shard of
+                # flush_rows rows takes a few ms.
+                self.feedback.add(request_id, x, predictions, info["version"], time.time(),
+                                  shadow={"version": shadow[1]["version"], "prediction": answer(shadow[0], self.task)}
+                                  if shadow else None)
+            except Exception as e:  # the client got its answer: feedback never fails a request
+                self._feedback_failed(e)
         return JSONResponse({"outputs": outputs.tolist(), "predictions": predictions, "request_id": request_id,
                              "version": info["version"], "precision": info["precision"], "backend": info["backend"]},
                             headers={"X-Request-Id": request_id})
@@ -589,6 +606,12 @@ class Server:
             self._thread.join(timeout=WATCHER_JOIN_S)
             if self._thread.is_alive():
                 self.say(f"the alias watcher is still in a registry call after {WATCHER_JOIN_S:g} s; not waiting for it")
+        if self.rollout is not None:  # recorded, so the next start knows it did not finish
+            try:
+                self.rollout.abort("plaster serve stopped during the rollout")
+                self.say(f"{self.rollout.strategy} of v{self.rollout.new['version']} stopped with the server")
+            except Exception as e:
+                self.say(f"could not end the rollout cleanly: {e}")
         if self.app in serve.status().applications:
             if self.pipeline.config.feedback.enabled:  # the last feedback batch, before the replica goes
                 try:
@@ -674,9 +697,15 @@ class Server:
         """Start a canary, linear or shadow rollout of `version` beside `old` (rollout.py)."""
         from orchestrator.rollout import Rollout
 
-        self.rollout = Rollout(self.ws, self.pipeline, self.registry, lambda m, *a: self._call(m, *a),
-                               self._champion(old), self._champion(version), self.say)
-        self.rollout.begin()
+        old_engine = self._champion(old)
+        if (_get(f"{self.url}/version") or {}).get("version") != old:
+            # a replica Serve restarted answers with the champion deployed at start: the new model
+            # is compared with the one it replaces, so that one must be serving
+            self._swap(old_engine, timeout=60)
+        r = Rollout(self.ws, self.pipeline, self.registry, lambda m, *a: self._call(m, *a), old_engine,
+                    self._champion(version), self.say)
+        r.begin()  # if it fails, the next poll tries again: nothing to record yet
+        self.rollout = r
 
     def _rolled_back_to(self, version: str) -> bool:
         """Whether the champion's last move to `version` was a rollback: that goes at once."""
@@ -746,7 +775,7 @@ class Server:
         while not self._stop.wait(self.poll_s):
             try:
                 self._look()
-                if self.rollout is None and self.pipeline.config.feedback.enabled:
+                if self.pipeline.config.feedback.enabled and (self.rollout is None or self.rollout.moving_alias):
                     self._call("flush_feedback", timeout=30)  # a rollout's look flushes it already
                 last_error = None
             # The thread must outlive a flaky registry or a broken bundle: keep serving the

@@ -285,3 +285,24 @@ def test_plaster_label_prints_the_counts_and_a_bad_label_exits_non_zero(tmp_path
     res = CliRunner().invoke(app, ["label", str(digits), str(csv)])
     assert res.exit_code == 1
     assert "row 0 (request_id 'req-0'): label=10 is not a class id in 0..9" in " ".join(res.output.split())
+
+
+def test_a_shard_that_cannot_be_written_keeps_its_rows_for_the_next_flush(tmp_path, home):
+    ws = Workspace.from_env()
+    pipeline, x, y = _served("tabular", tmp_path)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the feedback folder should be")
+    w = feedback.Writer(blocked, [dataclasses.asdict(i) for i in pipeline.inputs], pipeline.config.task,
+                        flush_rows=2, flush_s=60.0)
+    one = {k: v[:1] for k, v in x.items()}
+    w.add("a", one, [0], "1", at=1.0)
+    with pytest.raises(OSError):
+        w.add("b", one, [1], "1", at=2.0)  # the second fills the buffer: its write fails
+    for k in range(2, 2 + 2 * feedback.KEEP_BATCHES):  # still failing: the buffer is capped
+        with pytest.raises(OSError):
+            w.add(f"r{k}", one, [0], "1", at=float(k))
+    assert w.dropped == 2 and w.due()
+    w.folder = feedback.location(pipeline, ws)  # the disk is back
+    shard = w.flush()
+    ids = pq.read_table(shard).column("request_id").to_pylist()
+    assert len(ids) == 2 * feedback.KEEP_BATCHES and ids[0] == "r2"  # the oldest two were dropped, the rest kept in order

@@ -1,6 +1,7 @@
 """The live gate's verdicts on paired records: evidence rolls back, time and traffic complete."""
 
 import numpy as np
+import pytest
 
 from orchestrator.config import RolloutConfig
 from orchestrator.live_gate import COMPLETE, CONTINUE, ROLLBACK, Watched, agree, judge
@@ -47,8 +48,21 @@ def test_too_little_evidence_is_not_a_verdict():
 
 def test_errors_the_old_model_made_too_are_not_counted_against_the_new_one():
     w = _watched(60)
-    w.new_errors, w.old_errors = 0, 30
-    assert judge(w, CFG, baked_s=1).figures["error_rate"] == 0
+    w.new_errors, w.old_errors = 3, 30  # the new model failed 3 of the 30 requests the old one answered
+    assert judge(w, CFG, baked_s=1).figures["error_rate"] == pytest.approx(0.1)
+
+
+def test_each_look_tests_at_its_share_of_the_step():
+    # 7 errors in 60 against a 1% bound: p ~ 2e-6 -- a verdict at one look, and still at 300
+    w = _watched(60, errors=7)
+    assert judge(w, CFG, baked_s=1).action == ROLLBACK
+    assert judge(w, CFG, baked_s=1, n_looks=300).action == ROLLBACK
+    # 3 in 60 (p ~ 0.02): not evidence at 0.99, less so at a three-hundredth of it
+    w = _watched(60, errors=3)
+    assert judge(w, CFG, baked_s=1).action == CONTINUE
+    # 10 paired runs at 2x: enough for a 0.99 interval, not for one at 1 - 0.01/300
+    assert judge(_watched(10, ratio=2.0), CFG, baked_s=1).action == ROLLBACK
+    assert judge(_watched(10, ratio=2.0), CFG, baked_s=1, n_looks=300).action == CONTINUE
 
 
 def test_agreement_per_task():
