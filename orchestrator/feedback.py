@@ -33,6 +33,7 @@ META = ("request_id", "example", "at", "version")
 ANSWERS = ("prediction", "shadow_version", "shadow_prediction")
 LABELS = "_labels"  # below the feedback location: pending labels and the keys already written
 KEEP_BATCHES = 10  # while shards cannot be written, buffer at most this many batches
+INTENT = "intent.parquet"  # below LABELS: the record of a shard being written (see _write_matched)
 _KEPT = "target."  # joined.parquet keeps each label under this prefix (no clash with its own columns)
 
 
@@ -187,41 +188,66 @@ def label(pipeline, ws, labels, say: Callable[[str], None] = lambda m: None) -> 
     with open(state / ".lock", "w") as lock:  # one `plaster label` per feedback location at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
         joined = _read(state / "joined.parquet")
-        done = set(zip(*_columns_of(joined, "request_id", "example"))) if joined is not None else set()
+        intent = _read(state / INTENT)
+        if intent is not None:  # a call that stopped between writing its shard and recording it
+            redo = intent.rename_columns([c[len(_KEPT):] if c.startswith(_KEPT) else c for c in intent.column_names])
+            _, _, redone, joined = _write_matched(pipeline, state, home, _rows(redo.drop(["shard"])),
+                                                  _done(joined), joined)
+            say(f"finished the shard an interrupted `plaster label` was writing: {', '.join(redone)}")
+        done = _done(joined)
         fresh = _rows(new)
         already = sum(1 for k in fresh if _written(k, done))
         # A fresh label of a pending example replaces the pending one.
         wanted = {k: v for k, v in {**_rows(_read(state / "pending.parquet")), **fresh}.items() if not _written(k, done)}
-        served = _served(home, {k[0] for k in wanted})
-        matched, keep = _match(wanted, served, done)
-        shards = []
-        if matched:
-            order = sorted(matched)  # the rows in the order they were served
-            rows = served.take(pa.array(order, pa.int64()))
-            shard = rows.select([c for spec in pipeline.inputs for c in spec.parquet_columns])
-            for c in target.columns:
-                shard = shard.append_column(c, pa.array([matched[i][c] for i in order], _target_type(target)))
-            _check_readable(shard, pipeline)
-            by_key = dict(zip(zip(*_columns_of(rows, "request_id", "example")), (matched[i] for i in order)))
-            keys = sorted(by_key)
-            # Named by the rows it holds: a rerun after a crash between writing the shard and
-            # recording it below writes the same file again, never a second copy of the rows.
-            name = "feedback-" + hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16] + ".parquet"
-            shards.append(_publish(shard, name, pipeline, state))
-            record = pa.table({"request_id": pa.array([k[0] for k in keys], pa.string()),
-                               "example": pa.array([k[1] for k in keys], pa.int64()),
-                               "shard": pa.array([name] * len(keys), pa.string()),
-                               # the labels too, for live_slice: the shard may be in a bucket, or moved
-                               **{_KEPT + c: pa.array([by_key[k][c] for k in keys], _target_type(target))
-                                  for c in target.columns}})
-            # A joined.parquet from before labels were kept gets nulls in their columns.
-            _write_atomic(pa.concat_tables([joined, record], promote_options="default") if joined is not None
-                          else record, state / "joined.parquet")
+        matched, keep, shards, joined = _write_matched(pipeline, state, home, wanted, done, joined)
         _write_atomic(_labels_table(keep, target), state / "pending.parquet")
     say(f"{len(matched)} labelled row(s) written to {', '.join(shards) or 'no shard'}; {len(keep)} label(s) "
         f"pending (their requests are not in {home} yet); {already} already labelled")
     return {"labels": new.num_rows, "joined": len(matched), "pending": len(keep), "already_labelled": already,
             "shards": shards}
+
+
+def _done(joined) -> set:
+    return set(zip(*_columns_of(joined, "request_id", "example"))) if joined is not None else set()
+
+
+def _write_matched(pipeline, state: Path, home: Path, wanted: dict, done: set, joined):
+    """Match `wanted` labels with the served rows and write the matched ones as one shard of
+    the data source, recorded in joined.parquet. Returns (matched, still pending, shards, joined).
+
+    The record goes to INTENT before the shard is written and into joined.parquet after: a
+    call that stops in between leaves INTENT, and the next call redoes exactly that shard
+    (the same rows, so the same name: written again, never a second copy)."""
+    import pyarrow as pa
+
+    target = pipeline.target
+    served = _served(home, {k[0] for k in wanted})
+    matched, keep = _match(wanted, served, done)
+    if not matched:
+        (state / INTENT).unlink(missing_ok=True)
+        return matched, keep, [], joined
+    order = sorted(matched)  # the rows in the order they were served
+    rows = served.take(pa.array(order, pa.int64()))
+    shard = rows.select([c for spec in pipeline.inputs for c in spec.parquet_columns])
+    for c in target.columns:
+        shard = shard.append_column(c, pa.array([matched[i][c] for i in order], _target_type(target)))
+    _check_readable(shard, pipeline)
+    by_key = dict(zip(zip(*_columns_of(rows, "request_id", "example")), (matched[i] for i in order)))
+    keys = sorted(by_key)
+    name = "feedback-" + hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16] + ".parquet"  # named by its rows
+    record = pa.table({"request_id": pa.array([k[0] for k in keys], pa.string()),
+                       "example": pa.array([k[1] for k in keys], pa.int64()),
+                       "shard": pa.array([name] * len(keys), pa.string()),
+                       # the labels too, for live_slice: the shard may be in a bucket, or moved
+                       **{_KEPT + c: pa.array([by_key[k][c] for k in keys], _target_type(target))
+                          for c in target.columns}})
+    _write_atomic(record, state / INTENT)
+    shards = [_publish(shard, name, pipeline, state)]
+    # A joined.parquet from before labels were kept gets nulls in their columns.
+    joined = pa.concat_tables([joined, record], promote_options="default") if joined is not None else record
+    _write_atomic(joined, state / "joined.parquet")
+    (state / INTENT).unlink()
+    return matched, keep, shards, joined
 
 
 def live_slice(pipeline, ws, version: str) -> tuple[dict[str, np.ndarray], np.ndarray] | None:

@@ -306,3 +306,35 @@ def test_a_shard_that_cannot_be_written_keeps_its_rows_for_the_next_flush(tmp_pa
     shard = w.flush()
     ids = pq.read_table(shard).column("request_id").to_pylist()
     assert len(ids) == 2 * feedback.KEEP_BATCHES and ids[0] == "r2"  # the oldest two were dropped, the rest kept in order
+
+
+def test_a_label_call_stopped_after_writing_its_shard_is_finished_by_the_next_never_doubled(tmp_path, home,
+                                                                                             monkeypatch):
+    ws = Workspace.from_env()
+    pipeline, x, y = _served("digits", tmp_path)
+    w = _writer(pipeline, ws)
+    keys = _serve(w, x, y, "classification", [1, 1, 1, 1])
+    w.close()
+    ids = [k[0] for k in keys]
+    write = feedback._write_atomic
+
+    def stop_before_recording(table, path):
+        if path.name == "joined.parquet":
+            raise KeyboardInterrupt("the process stops here")
+        return write(table, path)
+
+    monkeypatch.setattr(feedback, "_write_atomic", stop_before_recording)
+    with pytest.raises(KeyboardInterrupt):
+        feedback.label(pipeline, ws, _label_table(ids[:2], [0, 0], y[:2], pipeline))
+    monkeypatch.setattr(feedback, "_write_atomic", write)
+    written = sorted(pipeline.source.glob("feedback-*.parquet"))
+    assert len(written) == 1  # the shard was written, its record was not
+
+    said = []
+    out = feedback.label(pipeline, ws, _label_table(ids, [0] * 4, y[:4], pipeline), say=said.append)
+    assert "finished the shard an interrupted `plaster label` was writing" in said[0]
+    assert (out["joined"], out["already_labelled"]) == (2, 2)  # the two of the stopped call count as written
+    shards = sorted(pipeline.source.glob("feedback-*.parquet"))
+    assert len(shards) == 2 and written[0] in shards
+    rows = sum(read_shard(p, pipeline.inputs, pipeline.target)[1].shape[0] for p in shards)
+    assert rows == 4  # every labelled row once
