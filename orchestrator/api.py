@@ -49,6 +49,7 @@ def run_cycle(folder: str | Path, resume: bool = False, wait: bool = False, trig
 
 
 def status(folder: str | Path, last: int = 10, registry=None) -> dict[str, Any]:
+    from orchestrator import rollout
     from orchestrator.registry import read_aliases
 
     ws = Workspace.from_env()
@@ -73,7 +74,8 @@ def status(folder: str | Path, last: int = 10, registry=None) -> dict[str, Any]:
     return secrets.mask_obj({
         "pipeline": pipeline.name, "tracking_uri": registry.tracking_uri if registry else ws.tracking_uri,
         "registered_model": pipeline.name, "champion": {"name": pipeline.name, "version": aliases["champion"]},
-        "aliases": aliases, "plaster_home": str(ws.home), "cycles": cycles})
+        "aliases": aliases, "plaster_home": str(ws.home), "cycles": cycles,
+        "last_rollout": next(iter(rollout.load(ws, pipeline.name)[-1:]), None)})
 
 
 def simulate(folder: str | Path, shards: int, shuffle_labels: bool = False) -> list[Path]:

@@ -158,3 +158,8 @@ def status(console: Console, st: dict[str, Any]) -> None:
     for c in st["cycles"]:
         if c["error"]:
             console.print(f"[red]{c['id']} stopped in {c['error']['stage']}[/]: {c['error']['message']}")
+    r = st.get("last_rollout")
+    if r:  # how `plaster serve` last moved traffic (rollout.py)
+        colour = {"completed": "green", "rolled_back": "red", "rejected": "red"}.get(r["outcome"], "yellow")
+        console.print(f"last rollout: {r['strategy']} v{r['from']} → v{r['to']} [{colour}]{r['outcome']}[/] "
+                      f"in {r['seconds']:.1f}s: {escape('; '.join(r['reasons']))}")

@@ -88,7 +88,8 @@ def test_labelled_rows_land_in_a_bucket_source_as_one_object(home, digits, s3_se
     fs, _ = pafs.FileSystem.from_uri(f"s3://shards?{opts}&allow_bucket_creation=true")
     fs.create_dir("shards")
     yaml_file = digits / "pipeline.yaml"
-    yaml_file.write_text(re.sub(r"source: .*", f'source: "s3://shards/digits?{opts}"', yaml_file.read_text()))
+    # its own prefix: the moto server is shared with test_source_bucket, which owns shards/digits
+    yaml_file.write_text(re.sub(r"source: .*", f'source: "s3://shards/labelled?{opts}"', yaml_file.read_text()))
     ws, pipeline = Workspace.from_env(), load_pipeline(digits, check=False)
     x, y = read_shard(pipeline.module("simulate.py").simulate(tmp_path / "later", None, 1)[0], pipeline.inputs,
                       pipeline.target)
@@ -99,8 +100,8 @@ def test_labelled_rows_land_in_a_bucket_source_as_one_object(home, digits, s3_se
 
     out = api.label(digits, pa.table({"request_id": ["r"] * 3, "example": [0, 1, 2], "label": y[:3].tolist()}))
     [uri] = out["shards"]
-    assert uri.startswith("s3://shards/digits/feedback-") and "?" not in uri  # no endpoint options printed
-    with fs.open_input_file("shards/digits/" + uri.rsplit("/", 1)[1]) as f:
+    assert uri.startswith("s3://shards/labelled/feedback-") and "?" not in uri  # no endpoint options printed
+    with fs.open_input_file("shards/labelled/" + uri.rsplit("/", 1)[1]) as f:
         got = pq.read_table(f)
     assert got.column_names == ["pixels", "label"] and got["label"].to_pylist() == y[:3].tolist()
     assert not any((feedback.location(pipeline, ws) / "_labels" / "staged").iterdir())  # staging cleaned up

@@ -105,9 +105,20 @@ def canaried(tmp_path_factory):
     gx, gy = load_arrays(Path(first["stages"]["ingest"]["output"]["golden_file"]))
     said: list[str] = []
     server = serving.start(digits, port=_free_port(), poll_s=0.5, say=said.append)
-    yield SimpleNamespace(digits=digits, server=server, gx=gx["input"], gy=gy, said=said, mp=mp)
-    server.stop()
+    ns = SimpleNamespace(digits=digits, server=server, gx=gx["input"], gy=gy, said=said, mp=mp)
+    yield ns
+    ns.server.stop()  # the shadow fixture's server by then: the next module starts its own Serve
+    assert not serve_apps(), f"Serve applications left running: {serve_apps()}"
     mp.undo()
+
+
+def serve_apps() -> list[str]:
+    from ray import serve
+
+    try:
+        return list(serve.status().applications)
+    except Exception:  # Serve is shut down: nothing runs
+        return []
 
 
 def test_a_canary_of_a_good_candidate_completes(canaried):
@@ -162,6 +173,16 @@ def test_a_canary_planted_to_fail_live_rolls_back_by_itself(canaried, kind):
     # after the restore no answer came from the planted version
     restored = r["started_at"] + move["detect_s"] + move["restore_s"]
     assert not [a for a in clients.answers if a["version"] == planted and a["at"] > restored + 0.2]
+    # `plaster status` says so
+    from rich.console import Console
+
+    from orchestrator import render
+
+    st = api.status(canaried.digits)
+    assert (st["last_rollout"]["to"], st["last_rollout"]["outcome"]) == (planted, rollout.ROLLED_BACK)
+    console = Console(record=True, width=200)
+    render.status(console, st)
+    assert f"last rollout: canary v{before} → v{planted} rolled_back" in console.export_text()
     print(f"{kind}: detected in {move['detect_s']:.2f} s after {r['figures']['requests']} watched requests, "
           f"restored in {move['restore_s'] * 1000:.1f} ms; alias moved {r['alias_moved_s']:.2f} s after the start")
 
