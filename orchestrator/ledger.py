@@ -42,18 +42,26 @@ def record(ws: Workspace, pipeline: str, alias: str, from_version: str | None, t
     entry = secrets.mask_obj({"at": time.time(), "pipeline": pipeline, "alias": alias, "from": from_version,
                               "to": to_version, "kind": kind, "actor": who or actor(), "reason": reason,
                               "cycle_id": cycle_id, **(extra or {})})
-    p = path(ws, pipeline)
+    append(path(ws, pipeline), entry)
+    return entry
+
+
+def load(ws: Workspace, pipeline: str) -> list[dict[str, Any]]:
+    return read(path(ws, pipeline))
+
+
+def append(p: Path, entry: dict[str, Any]) -> None:
+    """One JSON line appended with O_APPEND: concurrent writers never interleave a line."""
     p.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (json.dumps(entry) + "\n").encode())
     finally:
         os.close(fd)
-    return entry
 
 
-def load(ws: Workspace, pipeline: str) -> list[dict[str, Any]]:
-    p = path(ws, pipeline)
+def read(p: Path) -> list[dict[str, Any]]:
+    """Every line of a JSON-lines file; a torn last line after a crash is skipped."""
     if not p.exists():
         return []
     out = []
@@ -61,6 +69,6 @@ def load(ws: Workspace, pipeline: str) -> list[dict[str, Any]]:
         if line.strip():
             try:
                 out.append(json.loads(line))
-            except json.JSONDecodeError:  # a torn last line after a crash: skip it, keep the rest
+            except json.JSONDecodeError:
                 continue
     return out

@@ -20,8 +20,6 @@ reaches it. Every rollout is a line in PLASTER_HOME/rollouts/<pipeline>.jsonl, w
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Any, Callable
 
@@ -51,26 +49,11 @@ def path(ws: Workspace, pipeline: str):
 
 
 def record(ws: Workspace, pipeline: str, entry: dict) -> None:
-    p = path(ws, pipeline)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)  # one line per write: no torn interleaving
-    try:
-        os.write(fd, (json.dumps(entry) + "\n").encode())
-    finally:
-        os.close(fd)
+    ledger.append(path(ws, pipeline), entry)
 
 
 def load(ws: Workspace, pipeline: str) -> list[dict[str, Any]]:
-    p = path(ws, pipeline)
-    if not p.exists():
-        return []
-    out = []
-    for line in p.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line after a crash
-            continue
-    return out
+    return ledger.read(path(ws, pipeline))
 
 
 class Rollout:

@@ -9,7 +9,6 @@ and promoted by the live gate, the served requests are labelled and cycle 4 lear
 
 import json
 import random
-import socket
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import requests
 from homes import module_home
 from planted import move_champion, register_planted
+from servers import _free_port
 
 from orchestrator import api, ledger, rollout, serving
 from orchestrator.dataset import load_arrays
@@ -35,12 +35,6 @@ rollout:
   min_requests: 40
   check_s: 0.5
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Clients:
